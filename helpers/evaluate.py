@@ -1,0 +1,398 @@
+"""Evaluation of heatmap predictions and root predictions, the result dict, and the `rescore` CLI.
+
+`python -m helpers rescore --annotations DIR --predictions predictions.npz --out result.json`
+re-evaluates a saved predictions file without rerunning a model.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import os
+import sys
+import zipfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import metrics
+from .atomic import write_json
+from .geometry import heatmap_to_camera
+from .h36m import DataError, ImageCheck, TestSet, load_test_set
+from .protocol import (ACTION_NAMES, EVAL_JOINT_NAMES, EVAL_JOINTS, NUM_JOINTS, ROOT_JOINT, THORAX,
+                       conventions_for, get_protocol)
+from .result_schema import validate_result
+
+SCHEMA_VERSION = 1
+POSE_METRICS = ("mpjpe", "pa_mpjpe_rigid", "pa_mpjpe_similarity", "pa_mpjpe_rigid_fit18")
+METRIC_LABELS = {
+    "mpjpe": "MPJPE",
+    "pa_mpjpe_rigid": "PA-MPJPE rigid",
+    "pa_mpjpe_similarity": "PA-MPJPE similarity",
+    "pa_mpjpe_rigid_fit18": "PA-MPJPE rigid fit18",
+}
+# The header upstream prints for each protocol's headline metric.
+OFFICIAL_HEADERS = {"mpjpe": "Protocol 2 error (MPJPE)", "pa_mpjpe_rigid_fit18": "Protocol 1 error (PA MPJPE)"}
+FIRST_IDS_RECORDED = 20
+
+
+class PredictionError(ValueError):
+    """A predictions file or array that cannot be evaluated. The message says what is wrong."""
+
+
+# ---------------------------------------------------------------------------------------------
+# predictions
+# ---------------------------------------------------------------------------------------------
+
+def _scalar(value):
+    arr = np.asarray(value)
+    if arr.ndim == 0:
+        return arr.item()
+    return arr.tolist()
+
+
+def validate_predictions(pred: dict, source: str = "predictions") -> dict:
+    """Check an in-memory predictions dict (the `predictions.npz` schema) and return a normalised copy:
+    `image_id` int64 (N,), `coords` float64 (N, 18, 3), `output_shape` (H, W) ints, `depth_dim` int."""
+    missing = [k for k in ("image_id", "coords", "output_shape", "depth_dim") if k not in pred]
+    if missing:
+        raise PredictionError(f"{source} lacks {', '.join(missing)}; a predictions file holds image_id (N,), "
+                              "coords (N, 18, 3), output_shape (H, W) and depth_dim")
+    coords = np.asarray(pred["coords"])
+    if coords.dtype.kind != "f":
+        raise PredictionError(f"{source}: coords has dtype {coords.dtype}; expected floats in heatmap units")
+    if coords.ndim != 3 or coords.shape[2] != 3:
+        raise PredictionError(f"{source}: coords has shape {coords.shape}; expected (N, {NUM_JOINTS}, 3) "
+                              "(x, y in heatmap pixels, z in depth bins)")
+    if coords.shape[1] != NUM_JOINTS:
+        raise PredictionError(f"{source}: coords has {coords.shape[1]} joints; expected {NUM_JOINTS} "
+                              f"(joint {THORAX} = Thorax)")
+    if coords.shape[0] == 0:
+        raise PredictionError(f"{source}: coords holds no samples")
+    bad = ~np.isfinite(coords).all(axis=(1, 2))
+    if bad.any():
+        raise PredictionError(f"{source}: coords has NaN or infinite values in {int(bad.sum())} rows "
+                              f"(first rows {np.flatnonzero(bad)[:5].tolist()}); the inference run is broken")
+    image_id = np.asarray(pred["image_id"])
+    if image_id.dtype.kind not in "iu":
+        raise PredictionError(f"{source}: image_id has dtype {image_id.dtype}; expected integer image ids")
+    if image_id.shape != (coords.shape[0],):
+        raise PredictionError(f"{source}: image_id has shape {image_id.shape}; expected ({coords.shape[0]},), "
+                              "one id per coords row")
+    image_id = image_id.astype(np.int64)
+    uniq, counts = np.unique(image_id, return_counts=True)
+    if (counts > 1).any():
+        raise PredictionError(f"{source}: image ids appear more than once (first {uniq[counts > 1][:5].tolist()}); "
+                              "each image must have one prediction")
+    output_shape = np.asarray(pred["output_shape"])
+    if output_shape.shape != (2,) or output_shape.dtype.kind not in "iu" or (output_shape <= 0).any():
+        raise PredictionError(f"{source}: output_shape must be two positive integers (H, W), got {output_shape!r}")
+    depth_dim = np.asarray(pred["depth_dim"])
+    if depth_dim.ndim != 0 or depth_dim.dtype.kind not in "iu" or depth_dim <= 0:
+        raise PredictionError(f"{source}: depth_dim must be one positive integer, got {depth_dim!r}")
+    out = {k: _scalar(v) for k, v in pred.items() if k not in ("image_id", "coords", "output_shape", "depth_dim")}
+    out.update(image_id=image_id, coords=coords.astype(np.float64),
+               output_shape=(int(output_shape[0]), int(output_shape[1])), depth_dim=int(depth_dim))
+    return out
+
+
+def load_predictions(path: str | os.PathLike) -> dict:
+    """Read and validate `predictions.npz` (schema in helpers/README.md); extra arrays become plain values.
+    The returned dict also carries `file`, the path read."""
+    path = Path(path)
+    if not path.is_file():
+        raise PredictionError(f"predictions file {path} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            raw = {k: npz[k] for k in npz.files}
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+        raise PredictionError(f"predictions file {path} is not a readable .npz of plain arrays ({exc}); "
+                              "write it with numpy.savez / helpers.atomic.save_npz") from None
+    pred = validate_predictions(raw, source=f"predictions file {path}")
+    pred["file"] = str(path)
+    return pred
+
+
+# ---------------------------------------------------------------------------------------------
+# matching and aggregation
+# ---------------------------------------------------------------------------------------------
+
+def _match(test_set: TestSet, image_id: np.ndarray, allow_partial: bool, excused_ids: np.ndarray,
+           what: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows of the test set that have a prediction (in test-set order), the matching prediction rows,
+    and the test image ids without prediction that are neither excused (skipped images) nor allowed."""
+    if len(test_set) == 0:
+        raise ValueError("the test set is empty; nothing can be evaluated")
+    order = np.argsort(test_set.image_id)
+    sorted_ids = test_set.image_id[order]
+    pos = np.clip(np.searchsorted(sorted_ids, image_id), 0, len(sorted_ids) - 1)
+    known = sorted_ids[pos] == image_id
+    if not known.all():
+        unknown = image_id[~known]
+        raise PredictionError(
+            f"{what}: {len(unknown)} image ids are not protocol-{test_set.protocol} test samples of these "
+            f"annotations (first {unknown[:5].tolist()}); were they made for another protocol, subject set "
+            "or annotation folder?")
+    pred_row_of_test = np.full(len(test_set), -1)
+    pred_row_of_test[order[pos]] = np.arange(len(image_id))
+    test_rows = np.flatnonzero(pred_row_of_test >= 0)
+    absent = test_set.image_id[pred_row_of_test < 0]
+    unexcused = absent[~np.isin(absent, excused_ids)]
+    if len(unexcused) and not allow_partial:
+        raise PredictionError(
+            f"{what} cover {len(test_rows)} of {len(test_set)} test samples: {len(unexcused)} are missing "
+            f"(first image ids {unexcused[:5].tolist()}); finish or resume the inference run, or pass "
+            "allow_partial=True (--allow-partial) to evaluate the covered samples only")
+    return test_rows, pred_row_of_test[test_rows], unexcused
+
+
+def _group_means(values: np.ndarray, labels: np.ndarray, names) -> dict:
+    """Mean of `values` rows per label; labels without samples are left out."""
+    out = {}
+    for i, name in enumerate(names):
+        sel = labels == i
+        if sel.any():
+            out[name] = float(values[sel].mean())
+    return out
+
+
+def _subject_means(values: np.ndarray, subject: np.ndarray) -> dict:
+    return {f"S{s}": float(values[subject == s].mean()) for s in sorted(np.unique(subject).tolist())}
+
+
+def _summarise_joint_errors(err: np.ndarray, action_index: np.ndarray, subject: np.ndarray) -> dict:
+    """(N, 17) errors -> total (frame mean), per action, action mean, per joint, per subject."""
+    per_action = _group_means(err, action_index, ACTION_NAMES)
+    return {
+        "total": float(err.mean()),
+        "action_mean": float(np.mean(list(per_action.values()))),
+        "per_action": per_action,
+        "per_joint": {name: float(v) for name, v in zip(EVAL_JOINT_NAMES, err.mean(axis=0))},
+        "per_subject": _subject_means(err, subject),
+    }
+
+
+def official_summary(metric_block: dict, metric: str = "mpjpe") -> str:
+    """The text the official 3DMPPE evaluation prints for `metric` ("mpjpe": protocol 2,
+    "pa_mpjpe_rigid_fit18": protocol 1): 2 decimals, each action followed by a space."""
+    head = f"{OFFICIAL_HEADERS[metric]} >> tot: {metric_block['total']:.2f}\n"
+    return head + "".join(f"{name}: {value:.2f} " for name, value in metric_block["per_action"].items())
+
+
+def _now_utc() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
+def _skipped_ids(test_set: TestSet, image_check: ImageCheck | None) -> np.ndarray:
+    if image_check is None:
+        return np.zeros(0, np.int64)
+    if len(image_check.paths) != len(test_set):
+        raise ValueError(f"image_check covers {len(image_check.paths)} samples but the test set has "
+                         f"{len(test_set)}; pass the check made for this test set")
+    skipped = np.ones(len(test_set), bool)
+    skipped[image_check.kept_indices] = False
+    return test_set.image_id[skipped]
+
+
+def _base_result(kind: str, test_set: TestSet, num_samples: int, unexcused: np.ndarray, conventions,
+                 image_check: ImageCheck | None) -> dict:
+    result = {
+        "schema_version": SCHEMA_VERSION,
+        "kind": kind,
+        "created_utc": _now_utc(),
+        "num_samples": int(num_samples),
+        "num_expected": len(test_set),
+        "partial": bool(len(unexcused)),
+    }
+    if len(unexcused):
+        result["missing"] = {"count": int(len(unexcused)),
+                             "first_image_ids": [int(i) for i in unexcused[:FIRST_IDS_RECORDED]]}
+    if image_check is not None and image_check.num_missing:
+        result["skipped_images"] = image_check.skipped_block(FIRST_IDS_RECORDED)
+    result["conventions"] = conventions.to_dict()
+    result["annotations"] = {"dir": str(test_set.annotation_dir), "subjects": [int(s) for s in test_set.subjects],
+                             "bbox_root_file": None if test_set.bbox_root_file is None else str(test_set.bbox_root_file)}
+    return result
+
+
+def _finish(result: dict, extra: dict | None) -> dict:
+    if extra:
+        clash = sorted(set(extra) & set(result))
+        if clash:
+            raise ValueError(f"extra must not replace computed result keys: {clash}")
+        result.update(extra)
+    validate_result(result)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# pose evaluation
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class PerSample:
+    """Per-sample detail of a pose evaluation, in test-set order (for plots and error analysis)."""
+
+    image_id: np.ndarray  # (N,)
+    subject: np.ndarray  # (N,)
+    action_index: np.ndarray  # (N,) index into ACTION_NAMES
+    pred_cam: np.ndarray  # (N, 18, 3) back-projected prediction, camera mm
+    pred_rel: np.ndarray  # (N, 17, 3) root-relative prediction
+    gt_rel: np.ndarray  # (N, 17, 3) root-relative ground truth
+    errors: dict  # metric name -> (N, 17) per-joint error, mm
+
+    def frame(self) -> pd.DataFrame:
+        """One row per sample: ids, action and the mean joint error of each metric."""
+        df = pd.DataFrame({"image_id": self.image_id, "subject": self.subject,
+                           "action": [ACTION_NAMES[i] for i in self.action_index]})
+        for name, err in self.errors.items():
+            df[name] = err.mean(axis=1)
+        return df
+
+
+def evaluate(test_set: TestSet, predictions: dict | str | os.PathLike, *, allow_partial: bool = False,
+             flip_test: bool | None = None, extra: dict | None = None, image_check: ImageCheck | None = None,
+             return_per_sample: bool = False):
+    """Evaluate heatmap predictions on `test_set` and return the result dict (helpers/README.md, kind "pose").
+
+    Rows are matched by image_id. Every test sample needs a prediction unless `allow_partial`
+    (then `partial` and `missing` record the gap) or its image was skipped by `image_check`
+    (`check_images(..., skip_missing=True)`, recorded as `skipped_images`). `extra` adds the optional
+    blocks (model, weights, timing, ...). With `return_per_sample`, returns (result, PerSample).
+    """
+    pred = load_predictions(predictions) if isinstance(predictions, (str, os.PathLike)) else \
+        validate_predictions(predictions)
+    excused = _skipped_ids(test_set, image_check)
+    test_rows, pred_rows, unexcused = _match(test_set, pred["image_id"], allow_partial, excused, "predictions")
+    ts = test_set.subset(test_rows)
+    coords = pred["coords"][pred_rows]
+
+    pred_cam = heatmap_to_camera(coords, ts.bbox, ts.root_cam[:, 2], ts.f, ts.c,
+                                 pred["output_shape"], pred["depth_dim"])
+    pred_rel18 = pred_cam - pred_cam[:, ROOT_JOINT:ROOT_JOINT + 1]
+    gt_rel18 = ts.joint_cam - ts.joint_cam[:, ROOT_JOINT:ROOT_JOINT + 1]
+    pred_rel, gt_rel = pred_rel18[:, :EVAL_JOINTS], gt_rel18[:, :EVAL_JOINTS]
+    rigid, similarity = metrics.rigid_and_similarity_align(pred_rel, gt_rel)
+    errors = {
+        "mpjpe": metrics.mpjpe_per_joint(pred_rel, gt_rel),
+        "pa_mpjpe_rigid": metrics.mpjpe_per_joint(rigid, gt_rel),
+        "pa_mpjpe_similarity": metrics.mpjpe_per_joint(similarity, gt_rel),
+        # The official protocol-1 print fits on all 18 joints (Thorax included), then drops Thorax.
+        "pa_mpjpe_rigid_fit18": metrics.mpjpe_per_joint(
+            metrics.rigid_align(pred_rel18, gt_rel18)[:, :EVAL_JOINTS], gt_rel),
+    }
+
+    spec = get_protocol(test_set.protocol)
+    if flip_test is None and isinstance(pred.get("flip_test"), bool):
+        flip_test = pred["flip_test"]
+    conventions = conventions_for(spec.number, detected=test_set.bbox_source == "detected", flip_test=flip_test)
+    result = _base_result("pose", test_set, len(ts), unexcused, conventions, image_check)
+    result["metrics"] = {name: _summarise_joint_errors(err, ts.action_index, ts.subject)
+                         for name, err in errors.items()}
+    headline = spec.headline_metric
+    result["headline"] = {"metric": headline, "value": result["metrics"][headline]["total"]}
+    result["predictions"] = {"file": pred.get("file"), "output_shape": list(pred["output_shape"]),
+                             "depth_dim": pred["depth_dim"]}
+    result["official_summary"] = official_summary(result["metrics"][headline], headline)
+    result = _finish(result, extra)
+    if not return_per_sample:
+        return result
+    return result, PerSample(ts.image_id, ts.subject, ts.action_index, pred_cam, pred_rel, gt_rel, errors)
+
+
+def evaluate_roots(test_set: TestSet, image_id, root_cam_pred, *, allow_partial: bool = False,
+                   extra: dict | None = None, image_check: ImageCheck | None = None) -> dict:
+    """MRPE of predicted roots (N, 3) camera mm against the ground-truth Pelvis (kind "root")."""
+    image_id = np.asarray(image_id)
+    root_cam_pred = np.asarray(root_cam_pred, dtype=np.float64)
+    if image_id.ndim != 1 or image_id.dtype.kind not in "iu":
+        raise PredictionError(f"root predictions: image_id must be a 1-D integer array, got {image_id.dtype} {image_id.shape}")
+    if root_cam_pred.shape != (len(image_id), 3):
+        raise PredictionError(f"root predictions: root_cam has shape {root_cam_pred.shape}; expected ({len(image_id)}, 3)")
+    if not np.isfinite(root_cam_pred).all():
+        raise PredictionError("root predictions contain NaN or infinite values; the inference run is broken")
+    if len(np.unique(image_id)) != len(image_id):
+        raise PredictionError("root predictions list an image id more than once; each image needs one root")
+    excused = _skipped_ids(test_set, image_check)
+    test_rows, pred_rows, unexcused = _match(test_set, image_id.astype(np.int64), allow_partial, excused,
+                                             "root predictions")
+    ts = test_set.subset(test_rows)
+    errs = metrics.root_errors(root_cam_pred[pred_rows], ts.gt_root_cam)
+    conventions = replace(conventions_for(test_set.protocol, detected=test_set.bbox_source == "detected"),
+                          root_source="evaluated (model output)")
+    result = _base_result("root", test_set, len(ts), unexcused, conventions, image_check)
+    block = metrics.mrpe(root_cam_pred[pred_rows], ts.gt_root_cam)
+    block["per_action"] = _group_means(errs[:, 0], ts.action_index, ACTION_NAMES)
+    block["per_subject"] = _subject_means(errs[:, 0], ts.subject)
+    result["metrics"] = {"mrpe": block}
+    result["headline"] = {"metric": "mrpe", "value": block["total"]}
+    return _finish(result, extra)
+
+
+# ---------------------------------------------------------------------------------------------
+# tables and CLI
+# ---------------------------------------------------------------------------------------------
+
+def metrics_frame(result: dict) -> pd.DataFrame:
+    """The metrics of a result as a table: rows total, action mean, the actions, the subjects (mm)."""
+    if result["kind"] == "root":
+        block = result["metrics"]["mrpe"]
+        rows = {"total": block["total"], **block["per_action"], **block["per_subject"]}
+        df = pd.DataFrame({"MRPE": pd.Series(rows)})
+        df.loc["total", ["x", "y", "z"]] = [block["x"], block["y"], block["z"]]
+        return df
+    columns = {}
+    for name in POSE_METRICS:
+        block = result["metrics"][name]
+        columns[METRIC_LABELS[name]] = pd.Series({"total": block["total"], "action mean": block["action_mean"],
+                                                  **block["per_action"], **block["per_subject"]})
+    return pd.DataFrame(columns)
+
+
+def format_table(result: dict) -> str:
+    """A readable summary: what was evaluated, then total, action mean, per action and per subject (mm)."""
+    conv = result["conventions"]
+    lines = [
+        f"Human3.6M protocol {conv['protocol']} ({result['kind']}): {result['num_samples']} of "
+        f"{result['num_expected']} samples, boxes {conv['bbox_source']}, roots {conv['root_source']}, "
+        f"flip test {conv['flip_test'] if conv['flip_test'] is not None else 'unknown'}",
+        f"headline {result['headline']['metric']} = {result['headline']['value']:.2f} mm",
+    ]
+    if result.get("partial"):
+        lines.append(f"PARTIAL: {result['missing']['count']} test samples have no prediction")
+    if result.get("skipped_images"):
+        lines.append(f"SKIPPED: {result['skipped_images']['count']} test images were missing")
+    if (result.get("weights") or {}).get("kind") == "random_demo":
+        lines.append("RANDOM DEMO WEIGHTS: these numbers say nothing about the model")
+    lines.append(metrics_frame(result).to_string(float_format=lambda v: f"{v:.2f}", na_rep=""))
+    return "\n".join(lines)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m helpers rescore",
+                                description="Evaluate a predictions.npz against Human3.6M annotations.")
+    p.add_argument("--annotations", required=True,
+                   help="the annotation folder, or any folder above it (searched)")
+    p.add_argument("--predictions", required=True, help="predictions.npz (image_id, coords, output_shape, depth_dim)")
+    p.add_argument("--bbox-root", default=None,
+                   help="RootNet-format file with detected boxes and roots (default: ground-truth box and root)")
+    p.add_argument("--protocol", type=int, choices=(1, 2), default=2)
+    p.add_argument("--allow-partial", action="store_true",
+                   help="evaluate even if some test samples have no prediction (recorded as partial)")
+    p.add_argument("--out", required=True, help="result.json to write (atomically)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        test_set = load_test_set(args.annotations, protocol=args.protocol, bbox_root=args.bbox_root)
+        result = evaluate(test_set, args.predictions, allow_partial=args.allow_partial)
+        print(format_table(result))
+        write_json(args.out, result)
+    except (DataError, PredictionError, OSError) as exc:
+        print(f"rescore failed: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {args.out}")
+    return 0
