@@ -70,12 +70,13 @@ _CNP_FOLDER = "12H7zkLvmJtrkCmAUAPkQ6788WAnO60gI"
 _CNP_SRC = "ConvNeXtPose paper variant table (XS, S); official README (M, L)"
 
 
-def _cnp(variant, depths, dims, width, ups, out, ddim, params, params_buf, p2, p1, drive_id, size_mb):
+def _cnp(variant, depths, dims, width, ups, out, ddim, params, params_buf, gmacs, p2, p1, drive_id, size_mb):
     return ModelSpec(
         model_id=f"convnextpose_{variant}", family="convnextpose", variant=variant,
         builder="convnextpose:build_convnextpose",
         builder_kwargs=dict(depths=depths, dims=dims, head_width=width, upsample=ups, depth_dim=ddim),
         output_shape=(out, out), depth_dim=ddim, num_params=params, num_params_incl_buffers=params_buf,
+        gmacs=gmacs,
         paper=PaperResult(p2_mpjpe=p2, p1_pa_mpjpe=p1, source=_CNP_SRC),
         checkpoints=(CheckpointSource(f"ConvNeXtPose_{variant}.tar", drive_id=drive_id, drive_folder=_CNP_FOLDER,
                                       approx_size_mb=size_mb,
@@ -85,17 +86,17 @@ def _cnp(variant, depths, dims, width, ups, out, ddim, params, params_buf, p2, p
 
 
 _MODELS: tuple[ModelSpec, ...] = (
-    _cnp("XS", (2, 2, 6, 2), (40, 80, 160, 320), 128, (True, True, False), 32, 32, 3_528_008, 3_534_140,
+    _cnp("XS", (2, 2, 6, 2), (40, 80, 160, 320), 128, (True, True, False), 32, 32, 3_528_008, 3_534_140, 0.815,
          56.61, None, "165D0rU2GImmRe7u7DNe6eKJG8voBIcGh", 42.5),
-    _cnp("S", (3, 3, 9, 3), (48, 96, 192, 384), 256, (True, True, False), 32, 32, 7_438_976, 7_448_954,
+    _cnp("S", (3, 3, 9, 3), (48, 96, 192, 384), 256, (True, True, False), 32, 32, 7_438_976, 7_448_954, 1.738,
          51.80, None, "1OriQPQ3uRY8MWPHP9KnwPaKawzrontqH", 89.6),
-    _cnp("M", (3, 3, 9, 3), (48, 96, 192, 384), 256, (True, True, True), 64, 64, 7_587_008, 7_596_986,
+    _cnp("M", (3, 3, 9, 3), (48, 96, 192, 384), 256, (True, True, True), 64, 64, 7_587_008, 7_596_986, 2.795,
          51.05, 34.5, "1X_H-6S4xrQjW9GhJ3yWB-AXqUHddvkOI", 91.3),
-    _cnp("L", (3, 3, 9, 3), (48, 96, 192, 384), 512, (True, True, True), 64, 64, 8_380_352, 8_391_354,
+    _cnp("L", (3, 3, 9, 3), (48, 96, 192, 384), 512, (True, True, True), 64, 64, 8_380_352, 8_391_354, 4.264,
          49.75, 32.8, "1eIaMqTYG-30CuPULs9LzSfeouAzYYHQW", 101.0),
     ModelSpec(
         model_id="posenet", family="posenet", variant="R50", builder="resnet_pose:build_posenet",
-        num_params=34_291_392, num_params_incl_buffers=34_346_104,
+        num_params=34_291_392, num_params_incl_buffers=34_346_104, gmacs=8.425,
         paper=PaperResult(p2_mpjpe=53.3, p1_pa_mpjpe=34.0, p2_mpjpe_detected=54.4, p1_pa_mpjpe_detected=35.2,
                           source="3DMPPE PoseNet (Moon et al., ICCV 2019), official README"),
         checkpoints=(CheckpointSource("snapshot_24.pth.tar", drive_folder="1El3qfdtgttO90X25k_680V2UCDv_TPoJ",
@@ -104,7 +105,7 @@ _MODELS: tuple[ModelSpec, ...] = (
     ModelSpec(
         model_id="rootnet", family="rootnet", variant="R50", builder="resnet_pose:build_rootnet", kind="root",
         depth_dim=1, joint_num=1, joint_names=("Pelvis",), flip_pairs=(),
-        num_params=33_997_634, num_params_incl_buffers=34_052_346,
+        num_params=33_997_634, num_params_incl_buffers=34_052_346, gmacs=7.218,
         paper=PaperResult(mrpe={"total": 120.0, "x": 23.3, "y": 23.0, "z": 108.1},
                           source="3DMPPE RootNet (Moon et al., ICCV 2019), Human3.6M Protocol 2"),
         checkpoints=(CheckpointSource("snapshot_19.pth.tar", drive_folder="1oGXqscxZpakld6j4Lj4hEDy8DCnh9cAs",
@@ -113,39 +114,65 @@ _MODELS: tuple[ModelSpec, ...] = (
     ModelSpec(
         model_id="mobilehumanpose_lpski", family="mobilehumanpose", variant="lpski",
         builder="mobilehumanpose:build_lpski", output_shape=(32, 32), depth_dim=32,
-        num_params=3_500_064, num_params_incl_buffers=3_541_530,
+        num_params=3_500_064, num_params_incl_buffers=3_541_530, gmacs=0.476,
         notes="current LpNetSkiConcat (32x32x32); no official weights exist",
     ),
     ModelSpec(
         model_id="mobilehumanpose_lpski_2021", family="mobilehumanpose", variant="lpski_2021",
         builder="mobilehumanpose:build_lpski_2021", num_params=4_073_248, num_params_incl_buffers=4_114_938,
+        gmacs=5.279,
         paper=PaperResult(p2_mpjpe=51.4, p1_pa_mpjpe=35.2, source="MobileHumanPose (CVPRW 2021), model L, 4.07M"),
         notes="paper-era LpNetSkiConcat (64x64x64); no official weights exist",
     ),
     ModelSpec(
         model_id="mobilehumanpose_lpres", family="mobilehumanpose", variant="lpres",
         builder="mobilehumanpose:build_lpres", num_params=7_253_888, num_params_incl_buffers=7_305_306,
+        gmacs=11.129,
         notes="LpNetResConcat; official keys spell the decoder 'deonv0..2'",
     ),
     ModelSpec(
         model_id="mobilehumanpose_lpwo", family="mobilehumanpose", variant="lpwo",
         builder="mobilehumanpose:build_lpwo", num_params=4_034_336, num_params_incl_buffers=4_076_026,
+        gmacs=5.271,
     ),
     ModelSpec(
         model_id="integral_r50", family="integral", variant="R50", builder="resnet_pose:build_integral",
         builder_kwargs=dict(depth=50), normalization="integral",
-        num_params=34_291_392, num_params_incl_buffers=34_346_104,
+        num_params=34_291_392, num_params_incl_buffers=34_346_104, gmacs=8.425,
         paper=PaperResult(p2_mpjpe=49.6, p1_pa_mpjpe=40.6, source="Integral Human Pose (Sun et al., ECCV 2018), R-50"),
     ),
     ModelSpec(
         model_id="integral_r101", family="integral", variant="R101", builder="resnet_pose:build_integral",
         builder_kwargs=dict(depth=101), normalization="integral",
+        num_params=53_283_520, num_params_incl_buffers=53_390_507, gmacs=13.274,
+        notes="no fixture or released weights; counts = the R-50 fixture's head + torchvision ResNet-101 "
+              "(44,549,160 params with its 2,049,000-param classifier) and its 104 BatchNorms",
     ),
     ModelSpec(
         model_id="integral_r152", family="integral", variant="R152", builder="resnet_pose:build_integral",
         builder_kwargs=dict(depth=152), normalization="integral",
-        num_params=68_927_168, num_params_incl_buffers=69_080_286,
-        notes="the released ECCV'18 challenge checkpoint is R-152 at 384x288 on a different split",
+        num_params=68_927_168, num_params_incl_buffers=69_080_286, gmacs=18.123,
+        notes="paper-style R-152 at 256x256; the released ECCV'18 challenge checkpoint is integral_r152_challenge",
+    ),
+    ModelSpec(
+        model_id="integral_r152_challenge", family="integral", variant="R152_challenge",
+        builder="resnet_pose:build_integral",
+        builder_kwargs=dict(depth=152, input_shape=(384, 288), depth_dim=72), normalization="integral",
+        input_shape=(384, 288), output_shape=(96, 72), depth_dim=72,
+        num_params=68_964_176, num_params_incl_buffers=69_117_294, gmacs=30.837, default_batch_size=32,
+        checkpoints=(
+            CheckpointSource("model_chall_train_152ft_384x288.pth.tar",
+                             url="https://www.dropbox.com/s/hfz5nkd39uisvbr/"
+                                 "model_chall_train_152ft_384x288.pth.tar?dl=1",
+                             note="trained on CHALL_H80K train (official README: 56.9 mm on its val split with flip)"),
+            CheckpointSource("model_chall_trainval_152ft_384x288.pth.tar",
+                             url="https://www.dropbox.com/s/o1xhp3vocnvtgu3/"
+                                 "model_chall_trainval_152ft_384x288.pth.tar?dl=1",
+                             note="trained on CHALL_H80K train+val"),
+        ),
+        notes="ECCV'18 challenge config (hm36_challenge d-mch_384x288 yaml): patch_height 384, patch_width 288, "
+              "depth_dim 72, so the volume is 72x96x72 (D x H x W); its 3D box is rect_3d 1485x1980 mm (W x H), "
+              "its normalisation its own, and its numbers are on the challenge split, not Protocol 1/2",
     ),
 )
 
