@@ -110,12 +110,13 @@ class RootNetHead(nn.Module):
 
     def forward(self, feature: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         xy = soft_argmax_2d(self.xy_layer(self.deconv_layers(feature)))[:, 0]  # (N, 2)
-        pooled = feature.mean(dim=(2, 3), keepdim=True)  # global average pool, (N, 2048, 1, 1)
-        gamma = self.depth_layer(pooled).reshape(-1, 1)
+        # k is thousands of mm, so gamma is computed in (at least) float32 even under fp16 autocast.
+        with torch.autocast(device_type=feature.device.type, enabled=False):
+            wide = feature if feature.dtype == torch.float64 else feature.float()
+            pooled = wide.mean(dim=(2, 3), keepdim=True)  # global average pool, (N, 2048, 1, 1)
+            gamma = self.depth_layer(pooled.to(self.depth_layer.weight.dtype)).reshape(-1, 1)
         if k.numel() != gamma.shape[0]:
             raise ValueError(f"RootNet needs one k value per image: got {k.numel()} values for {gamma.shape[0]} images")
-        if gamma.dtype != torch.float64:  # k is thousands of mm: half precision would cost millimetres
-            gamma = gamma.float()
         depth = gamma * k.reshape(-1, 1).to(device=gamma.device, dtype=gamma.dtype)
         return torch.cat((xy, depth), dim=1)
 
