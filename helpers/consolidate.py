@@ -1,0 +1,493 @@
+"""Merge every `result.json` under a results folder into one leaderboard, plots and `REPORT.md`.
+
+    python -m helpers.consolidate [RESULTS_DIR] [--out DIR]
+
+RESULTS_DIR defaults to `environment.default_output_dir()`; the report goes to `RESULTS_DIR/report/`.
+Results are grouped by what their numbers mean (kind, protocol, box/root source): numbers are only ranked and
+plotted side by side inside one group. Invalid files are listed as problems, never dropped silently.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from . import report
+from .atomic import write_json, write_text
+from .models.registry import MODEL_REGISTRY
+from .protocol import ACTION_NAMES
+from .result_schema import validate_result
+
+SKIPPED_SUBDIRS = ("report", "runs")
+FAMILY_NAMES = {"convnextpose": "ConvNeXtPose", "posenet": "PoseNet", "rootnet": "RootNet",
+                "mobilehumanpose": "MobileHumanPose", "integral": "Integral Human Pose"}
+DEMO_TAG = " [random demo]"
+PARTIAL_TAG = " [partial]"
+HEADLINE_COLUMN = "headline (mm)"
+LEADERBOARD_COLUMNS = (
+    "model", "model_id", "group", "metric", HEADLINE_COLUMN, "MPJPE (mm)", "PA rigid (mm)", "PA similarity (mm)",
+    "action mean (mm)", "MRPE x (mm)", "MRPE y (mm)", "MRPE z (mm)", "paper (mm)", "Δ (mm)", "grade",
+    "params (M)", "GFLOPs (MACs)", "images/s", "protocol", "bbox source", "root source", "flip test", "AMP",
+    "device", "batch size", "images evaluated", "images expected", "partial", "weights", "result",
+)
+FILE_NAMES = {
+    "report": "REPORT.md", "leaderboard": "leaderboard.csv", "summary": "summary.json",
+    "headline_png": "headline_bars.png", "cost_png": "accuracy_vs_cost.png", "heatmap_png": "per_action_heatmap.png",
+}
+
+
+@dataclass
+class LoadedResult:
+    name: str  # folder of the result.json, relative to the results folder
+    path: Path
+    result: dict
+
+
+@dataclass
+class Consolidated:
+    leaderboard: pd.DataFrame  # one row per valid result, grouped, sorted by headline inside each group
+    per_action: pd.DataFrame  # rows: (group, model), columns: actions; headline metric per action (mm)
+    results: list[LoadedResult]
+    problems: list[str]
+    out_dir: Path
+    files: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def groups(self) -> list[str]:
+        return list(dict.fromkeys(self.leaderboard["group"])) if len(self.leaderboard) else []
+
+    @property
+    def any_random_demo(self) -> bool:
+        return any(report.is_random_demo(r.result) for r in self.results)
+
+
+# ------------------------------------------------------------------------------------------------ loading
+def find_result_files(results_dir: Path) -> list[Path]:
+    """Every result.json below `results_dir`, except in the top-level `report/` and `runs/` folders."""
+    found = []
+    for path in sorted(results_dir.rglob("result.json")):
+        parts = path.relative_to(results_dir).parts
+        if parts[0] in SKIPPED_SUBDIRS or any(p.startswith(".") for p in parts):
+            continue
+        found.append(path)
+    return found
+
+
+def load_results(results_dir: Path) -> tuple[list[LoadedResult], list[str]]:
+    loaded, problems = [], []
+    for path in find_result_files(results_dir):
+        name = path.parent.relative_to(results_dir).as_posix() or "."
+        try:
+            obj = json.loads(path.read_text(encoding="utf-8"))
+            validate_result(obj)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, ValueError) as exc:
+            problems.append(f"`{name}/result.json` was not used: {exc}")
+            continue
+        loaded.append(LoadedResult(name, path, obj))
+    return loaded, problems
+
+
+# ---------------------------------------------------------------------------------------------- the table
+def group_key(result: dict) -> tuple:
+    """Numbers are comparable only within one (kind, protocol, box source, root source)."""
+    conv = result["conventions"]
+    kind_rank = 0 if result["kind"] == "pose" else 1
+    return (kind_rank, -int(conv["protocol"]), conv["bbox_source"] != "ground_truth", conv["bbox_source"],
+            conv["root_source"])
+
+
+def group_label(result: dict) -> str:
+    metric = report.HEADLINE_LABELS[result["headline"]["metric"]]
+    return f"Protocol {result['conventions']['protocol']} {metric}, {report.source_label(result)}"
+
+
+def display_name(result: dict, fallback: str) -> str:
+    model = result.get("model") or {}
+    family = FAMILY_NAMES.get(model.get("family"), model.get("family"))
+    name = f"{family} {model['variant']}" if family and model.get("variant") else model.get("model_id") or fallback
+    return name + (DEMO_TAG if report.is_random_demo(result) else "") + (PARTIAL_TAG if result["partial"] else "")
+
+
+def _number(value) -> float:
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else np.nan
+
+
+def _row(item: LoadedResult) -> dict:
+    result = item.result
+    metrics = result["metrics"]
+    model = result.get("model") or {}
+    spec = MODEL_REGISTRY.get(model.get("model_id"))
+    settings = result.get("settings") or {}
+    conv = result["conventions"]
+    headline_metric = result["headline"]["metric"]
+    # architecture facts the result does not carry come from the registry (exact counts per model id)
+    num_params = model.get("num_params") or (spec.num_params if spec else None)
+    gmacs = model.get("gmacs") or (spec.gmacs if spec else None)
+    row = {
+        "model": display_name(result, item.name),
+        "model_id": model.get("model_id"),
+        "group": group_label(result),
+        "metric": report.HEADLINE_LABELS[headline_metric],
+        HEADLINE_COLUMN: float(result["headline"]["value"]),
+        "paper (mm)": np.nan, "Δ (mm)": np.nan,
+        "grade": "n/a: model not in the registry" if model.get("model_id") else "n/a: the result names no model",
+        "params (M)": _number(num_params) / 1e6,
+        "GFLOPs (MACs)": _number(gmacs),
+        "images/s": _number((result.get("timing") or {}).get("images_per_s")),
+        "protocol": int(conv["protocol"]),
+        "bbox source": conv["bbox_source"],
+        "root source": conv["root_source"],
+        "flip test": conv.get("flip_test"),
+        "AMP": settings.get("amp"),
+        "device": settings.get("device"),
+        "batch size": settings.get("batch_size"),
+        "images evaluated": int(result["num_samples"]),
+        "images expected": int(result["num_expected"]),
+        "partial": bool(result["partial"]),
+        "weights": (result.get("weights") or {}).get("kind", "unknown"),
+        "result": item.name,
+    }
+    row["action mean (mm)"] = float(report.per_action_frame(result).loc[report.ACTION_MEAN_ROW, row["metric"]])
+    if result["kind"] == "pose":
+        row.update({"MPJPE (mm)": metrics["mpjpe"]["total"], "PA rigid (mm)": metrics["pa_mpjpe_rigid"]["total"],
+                    "PA similarity (mm)": metrics["pa_mpjpe_similarity"]["total"]})
+    else:
+        mrpe = metrics["mrpe"]
+        row.update({"MRPE x (mm)": mrpe["x"], "MRPE y (mm)": mrpe["y"], "MRPE z (mm)": mrpe["z"]})
+    if spec is not None:
+        if spec.kind != result["kind"]:
+            row["grade"] = f"n/a: registry says {spec.model_id} is a {spec.kind} model"
+        else:
+            headline = report.paper_comparison(result, spec).iloc[0]
+            row.update({"paper (mm)": headline["paper (mm)"], "Δ (mm)": headline["Δ (mm)"],
+                        "grade": headline["grade"]})
+    return row
+
+
+def build_leaderboard(results: list[LoadedResult]) -> pd.DataFrame:
+    """One row per result: grouped by conventions, ranked by the headline inside each group."""
+    ranked = sorted(results, key=lambda r: (group_key(r.result), float(r.result["headline"]["value"]), r.name))
+    frame = pd.DataFrame([_row(r) for r in ranked], columns=list(LEADERBOARD_COLUMNS))
+    # two runs of one model in one group (e.g. with and without flip test) must stay distinguishable
+    repeated = frame.duplicated(["group", "model"], keep=False)
+    frame.loc[repeated, "model"] = frame.loc[repeated, "model"] + " (" + frame.loc[repeated, "result"] + ")"
+    return frame.reset_index(drop=True)
+
+
+def build_per_action(results: list[LoadedResult], leaderboard: pd.DataFrame) -> pd.DataFrame:
+    """(group, model) × actions, the headline metric per action (mm); NaN where an action is absent."""
+    by_name = {r.name: r.result for r in results}
+    rows = []
+    for name, metric in zip(leaderboard["result"], leaderboard["metric"]):
+        rows.append(report.per_action_frame(by_name[name])[metric].reindex(list(ACTION_NAMES)).to_numpy(float))
+    index = pd.MultiIndex.from_frame(leaderboard[["group", "model"]]) if len(leaderboard) else None
+    return pd.DataFrame(rows, index=index, columns=list(ACTION_NAMES))
+
+
+def convention_problems(results: list[LoadedResult]) -> list[str]:
+    """Flag differences inside a group that change the numbers but do not split the group."""
+    problems = []
+    by_group: dict[str, list[LoadedResult]] = {}
+    for item in sorted(results, key=lambda r: group_key(r.result)):
+        by_group.setdefault(group_label(item.result), []).append(item)
+    for label, items in by_group.items():
+        for key, what in (("flip_test", "flip test"), ("frame_stride", "frame stride"),
+                          ("test_subjects", "test subjects"), ("alignment", "alignment definitions"),
+                          ("averaging", "averaging definitions"), ("joints_evaluated", "evaluated joints")):
+            values = {json.dumps(i.result["conventions"].get(key), sort_keys=True) for i in items}
+            if len(values) > 1:
+                names = ", ".join(f"{i.name}={i.result['conventions'].get(key)}" for i in items) if key in (
+                    "flip_test", "frame_stride", "test_subjects") else ", ".join(i.name for i in items)
+                problems.append(f"group '{label}' mixes {what} ({names}): compare these rows with care")
+    for item in results:
+        if item.result["partial"]:
+            problems.append(f"`{item.name}` is a PARTIAL run ({item.result['num_samples']} of "
+                            f"{item.result['num_expected']} samples): not comparable with full runs or the paper")
+        skipped = item.result.get("skipped_images")
+        if skipped and skipped.get("count"):
+            problems.append(f"`{item.name}` skipped {skipped['count']} missing images")
+    if len(by_group) > 1:
+        problems.append(f"results use {len(by_group)} different conventions; they are reported in separate groups: "
+                        + "; ".join(by_group))
+    return problems
+
+
+# ------------------------------------------------------------------------------------------------- plots
+def plot_headline_bars(leaderboard: pd.DataFrame, any_demo: bool = False):
+    """One panel per group: headline bars, published values as markers."""
+    groups = list(dict.fromkeys(leaderboard["group"]))
+    fig, axes = plt.subplots(len(groups), 1, figsize=(10, 3.6 * len(groups)), squeeze=False)
+    for ax, group in zip(axes[:, 0], groups):
+        rows = leaderboard[leaderboard["group"] == group]
+        positions = np.arange(len(rows))
+        ax.bar(positions, rows[HEADLINE_COLUMN], width=0.6, color="tab:blue", label="measured")
+        ax.set_xlim(-0.75, max(len(rows), 4) - 0.25)  # a lone bar keeps a normal width
+        for x, value in zip(positions, rows[HEADLINE_COLUMN]):
+            ax.annotate(f"{value:.1f}", (x, value), ha="center", va="bottom", fontsize=8)
+        paper = rows["paper (mm)"].to_numpy(dtype=float)
+        if np.isfinite(paper).any():
+            ax.scatter(positions, paper, marker="D", color="tab:red", zorder=3, label="paper")
+        ax.set_xticks(positions)
+        ax.set_xticklabels(rows["model"], rotation=30, ha="right", fontsize=8)
+        ax.set_ylabel(f"{rows['metric'].iloc[0]} (mm)")
+        ax.set_title(group, fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    report.mark_figure(fig, any_demo)
+    return fig
+
+
+def plot_accuracy_vs_cost(leaderboard: pd.DataFrame, any_demo: bool = False):
+    """Rows: groups; columns: headline error vs GFLOPs (MACs), params (M), images/s. Points labelled."""
+    groups = list(dict.fromkeys(leaderboard["group"]))
+    x_columns = ("GFLOPs (MACs)", "params (M)", "images/s")
+    fig, axes = plt.subplots(len(groups), 3, figsize=(15, 4 * len(groups)), squeeze=False)
+    for axes_row, group in zip(axes, groups):
+        rows = leaderboard[leaderboard["group"] == group]
+        for ax, column in zip(axes_row, x_columns):
+            x = rows[column].to_numpy(dtype=float)
+            y = rows[HEADLINE_COLUMN].to_numpy(dtype=float)
+            known = np.isfinite(x)
+            ax.scatter(x[known], y[known], color="tab:blue")
+            for xi, yi, name in zip(x[known], y[known], rows["model"][known]):
+                ax.annotate(name, (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=7)
+            if not known.any():
+                ax.text(0.5, 0.5, f"no {column} recorded", transform=ax.transAxes, ha="center", color="gray")
+            ax.set_xlabel(column)
+            ax.set_ylabel(f"{rows['metric'].iloc[0]} (mm)")
+            ax.set_title(group, fontsize=9)
+            ax.grid(alpha=0.3)
+    fig.tight_layout()
+    report.mark_figure(fig, any_demo)
+    return fig
+
+
+def plot_per_action_heatmap(per_action: pd.DataFrame, any_demo: bool = False):
+    """One annotated heatmap per group: models × actions, headline metric (mm)."""
+    groups = list(dict.fromkeys(per_action.index.get_level_values("group")))
+    heights = [max(1.6, 0.45 * len(per_action.loc[g]) + 1.4) for g in groups]
+    fig, axes = plt.subplots(len(groups), 1, figsize=(16, sum(heights)), squeeze=False,
+                             gridspec_kw={"height_ratios": heights})
+    for ax, group in zip(axes[:, 0], groups):
+        block = per_action.loc[group]
+        values = block.to_numpy(dtype=float)
+        image = ax.imshow(values, aspect="auto", cmap="viridis_r")
+        for (i, j), value in np.ndenumerate(values):
+            if np.isfinite(value):  # dark text on the light (low-error) end of the colour map
+                light = image.norm(value) < 0.5
+                ax.text(j, i, f"{value:.1f}", ha="center", va="center", fontsize=7,
+                        color="black" if light else "white")
+        ax.set_xticks(np.arange(len(block.columns)))
+        ax.set_xticklabels(block.columns, rotation=45, ha="right", fontsize=8)
+        ax.set_yticks(np.arange(len(block.index)))
+        ax.set_yticklabels(block.index, fontsize=8)
+        ax.set_title(f"{group}: per action (mm)", fontsize=10)
+        fig.colorbar(image, ax=ax, fraction=0.02, pad=0.01)
+    fig.tight_layout()
+    report.mark_figure(fig, any_demo)
+    return fig
+
+
+# ------------------------------------------------------------------------------------------------ writing
+def _format_cell(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, (bool, np.bool_)):
+        return "yes" if value else "no"
+    if isinstance(value, (float, np.floating)):
+        return f"{value:.2f}"
+    return str(value).replace("|", "\\|")
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    header = "| " + " | ".join(str(c) for c in frame.columns) + " |"
+    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
+    body = ["| " + " | ".join(_format_cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([header, rule, *body])
+
+
+REPORT_TABLE_COLUMNS = ("model", "model_id", HEADLINE_COLUMN, "MPJPE (mm)", "PA rigid (mm)", "PA similarity (mm)",
+                        "action mean (mm)", "paper (mm)", "Δ (mm)", "grade", "params (M)", "GFLOPs (MACs)",
+                        "images/s", "flip test", "AMP", "device", "batch size", "images evaluated", "partial",
+                        "weights")
+ROOT_TABLE_COLUMNS = ("model", "model_id", HEADLINE_COLUMN, "MRPE x (mm)", "MRPE y (mm)", "MRPE z (mm)",
+                      "action mean (mm)", "paper (mm)", "Δ (mm)", "grade", "params (M)", "images/s", "flip test",
+                      "AMP", "device", "batch size", "images evaluated", "partial", "weights")
+
+
+_FLIP_WORDS = {True: "on", False: "off", None: "unknown"}
+_SHARED_CONVENTION_KEYS = ("joints_evaluated", "root_joint", "root_relative", "units", "alignment", "averaging")
+
+
+def _convention_lines(conv: dict, keys) -> list[str]:
+    lines = []
+    if "joints_evaluated" in keys:
+        lines.append(f"- **Joints:** {len(conv['joints_evaluated'])} evaluated "
+                     f"({', '.join(conv['joints_evaluated'])}); root joint {conv['root_joint']}, "
+                     f"{'root-relative' if conv.get('root_relative', True) else 'absolute'} poses, "
+                     f"units {conv['units']}.")
+    if "alignment" in keys:
+        lines.append("- **Alignment:** " + "; ".join(f"`{k}`: {v}" for k, v in conv["alignment"].items()) + ".")
+    if "averaging" in keys:
+        lines.append("- **Averaging:** " + "; ".join(f"`{k}`: {v}" for k, v in conv["averaging"].items()) + ".")
+    return lines
+
+
+def _conventions_section(results: list[LoadedResult]) -> list[str]:
+    """Conventions shared by every result once, then what defines each group (split, box/root, flip test)."""
+    def distinct(key):
+        return {json.dumps(r.result["conventions"].get(key), sort_keys=True) for r in results}
+
+    shared = [k for k in _SHARED_CONVENTION_KEYS if len(distinct(k)) == 1]
+    per_group = [k for k in _SHARED_CONVENTION_KEYS if k not in shared]
+    lines = ["## Conventions", ""]
+    if shared:
+        lines += ["Shared by every result:", "", *_convention_lines(results[0].result["conventions"], shared), ""]
+    first_of_group: dict[str, dict] = {}
+    for item in sorted(results, key=lambda r: group_key(r.result)):
+        first_of_group.setdefault(group_label(item.result), item.result)
+    for label, result in first_of_group.items():
+        conv = result["conventions"]
+        flips = sorted({_FLIP_WORDS[i.result["conventions"].get("flip_test")] for i in results
+                        if group_label(i.result) == label})
+        lines += [
+            f"### {label}",
+            f"- **Split:** Protocol {conv['protocol']}, test subjects "
+            f"{', '.join(f'S{s}' for s in conv['test_subjects'])}, every {conv['frame_stride']}th frame "
+            f"(`frame_idx % {conv['frame_stride']} == 0`).",
+            f"- **Box / root source:** box {conv['bbox_source'].replace('_', ' ')}, "
+            f"root {conv['root_source'].replace('_', ' ')}.",
+            f"- **Flip test:** {', '.join(flips)}.",
+            *_convention_lines(conv, per_group),
+            "",
+        ]
+    return lines
+
+
+def render_report(consolidated: Consolidated, results_dir: Path, plots: dict[str, str]) -> str:
+    lb = consolidated.leaderboard
+    lines = ["# Human3.6M benchmark report", "",
+             f"Generated {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} from "
+             f"{len(consolidated.results)} result(s) in `{results_dir}`.", ""]
+    demo = [r.name for r in consolidated.results if report.is_random_demo(r.result)]
+    if demo:
+        lines += [f"> **⚠ {report.DEMO_MARKER.upper()}.** {len(demo)} of {len(consolidated.results)} result(s) "
+                  f"come from random-initialised demo weights ({', '.join(f'`{d}`' for d in demo)}). They only "
+                  "prove that the pipeline runs end to end and say nothing about the models; rows marked "
+                  f"`{DEMO_TAG.strip()}` must not be compared with the papers or with each other.", ""]
+    partial = [r.name for r in consolidated.results if r.result["partial"]]
+    if partial:
+        lines += [f"> **Partial runs:** {', '.join(f'`{p}`' for p in partial)} evaluated only part of the test "
+                  "set; their numbers are not comparable with full runs or the published values.", ""]
+    if consolidated.results:
+        lines += _conventions_section(consolidated.results)
+    lines += ["## Leaderboard", "",
+              "Rows are ranked by the headline metric inside each group; numbers from different groups mean "
+              "different things and are never ranked together. Δ = measured − paper. Grades: |Δ| < 1 mm "
+              "excellent, < 2 very good, < 5 acceptable, otherwise investigate. GFLOPs are multiply-accumulates "
+              "(MACs), as the papers count them.", ""]
+    if not len(lb):
+        lines += ["No valid result was found.", ""]
+    for group in consolidated.groups:
+        rows = lb[lb["group"] == group]
+        metric = rows["metric"].iloc[0]
+        columns = [c for c in (ROOT_TABLE_COLUMNS if metric == "MRPE" else REPORT_TABLE_COLUMNS)
+                   if c != f"{metric} (mm)"]  # the headline column already is that metric
+        lines += [f"### {group}", "", markdown_table(rows[columns].rename(
+            columns={HEADLINE_COLUMN: f"{metric} (mm)"})), ""]
+    if plots:
+        lines += ["## Plots", ""]
+        titles = {"headline_png": "Headline metric with published values",
+                  "cost_png": "Accuracy vs cost (GFLOPs as MACs, parameters, throughput)",
+                  "heatmap_png": "Per-action error"}
+        for key, file_name in plots.items():
+            lines += [f"### {titles[key]}", "", f"![{titles[key]}]({file_name})", ""]
+    lines += ["## Problems found", ""]
+    lines += [f"- {p}" for p in consolidated.problems] if consolidated.problems else ["None."]
+    return "\n".join(lines) + "\n"
+
+
+def _summary(consolidated: Consolidated, results_dir: Path) -> dict:
+    records = json.loads(consolidated.leaderboard.to_json(orient="records", force_ascii=False))
+    return {
+        "generated_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "results_dir": str(results_dir),
+        "num_results": len(consolidated.results),
+        "groups": consolidated.groups,
+        "any_random_demo": consolidated.any_random_demo,
+        "leaderboard": records,
+        "problems": consolidated.problems,
+    }
+
+
+def consolidate(results_dir, out_dir=None) -> Consolidated:
+    """Read, validate and merge every result under `results_dir`; write the report into `out_dir`.
+
+    Raises FileNotFoundError when `results_dir` holds no result.json at all. Invalid files become problems.
+    """
+    results_dir = Path(results_dir).resolve()
+    if not results_dir.is_dir():
+        raise FileNotFoundError(f"results folder {results_dir} does not exist; run a model notebook first "
+                                "or pass the folder that holds <model_id>/result.json")
+    if not find_result_files(results_dir):
+        raise FileNotFoundError(f"no result.json under {results_dir} (outside report/ and runs/); run a model "
+                                "notebook first or point to the right folder")
+    out_dir = Path(out_dir) if out_dir is not None else results_dir / "report"
+    results, problems = load_results(results_dir)
+    problems += convention_problems(results)
+    leaderboard = build_leaderboard(results)
+    consolidated = Consolidated(leaderboard=leaderboard, per_action=build_per_action(results, leaderboard),
+                                results=results, problems=problems, out_dir=out_dir)
+    plots: dict[str, str] = {}
+    if results:
+        any_demo = consolidated.any_random_demo
+        for key, fig in (("headline_png", plot_headline_bars(consolidated.leaderboard, any_demo)),
+                         ("cost_png", plot_accuracy_vs_cost(consolidated.leaderboard, any_demo)),
+                         ("heatmap_png", plot_per_action_heatmap(consolidated.per_action, any_demo))):
+            try:
+                consolidated.files[key] = report.save_figure(fig, out_dir / FILE_NAMES[key])
+            finally:
+                plt.close(fig)
+            plots[key] = FILE_NAMES[key]
+    consolidated.files["leaderboard"] = write_text(out_dir / FILE_NAMES["leaderboard"],
+                                                   consolidated.leaderboard.to_csv(index=False, float_format="%.4f"))
+    consolidated.files["summary"] = write_json(out_dir / FILE_NAMES["summary"], _summary(consolidated, results_dir))
+    consolidated.files["report"] = write_text(out_dir / FILE_NAMES["report"],
+                                              render_report(consolidated, results_dir, plots))
+    return consolidated
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .environment import default_output_dir
+
+    parser = argparse.ArgumentParser(prog="python -m helpers.consolidate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("results_dir", nargs="?", type=Path, default=None,
+                        help="folder holding <model_id>/result.json (default: the environment's output folder)")
+    parser.add_argument("--out", type=Path, default=None, help="report folder (default: RESULTS_DIR/report)")
+    args = parser.parse_args(argv)
+    results_dir = args.results_dir if args.results_dir is not None else default_output_dir()
+    try:
+        consolidated = consolidate(results_dir, args.out)
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    with pd.option_context("display.width", 200, "display.max_columns", 12):
+        columns = ["model", "group", HEADLINE_COLUMN, "paper (mm)", "Δ (mm)", "grade", "weights"]
+        print(consolidated.leaderboard[columns].to_string(index=False) if consolidated.results else "no valid result")
+    for problem in consolidated.problems:
+        print(f"problem: {problem}")
+    print(f"report: {consolidated.files['report']}")
+    return 0 if consolidated.results else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,409 @@
+"""Per-model tables and plots: paper comparison and grading, per-action and per-joint errors, qualitative samples.
+
+Every helper takes a `result.json` dict (schema in helpers/README.md). A result made with random demo weights
+is marked loudly in every table (column header) and figure (red banner and title suffix).
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from .atomic import atomic_path, write_text
+from .protocol import ACTION_NAMES, EVAL_JOINT_NAMES, JOINT_NAMES, SKELETON
+from .result_schema import validate_result
+
+DEMO_MARKER = "RANDOM DEMO WEIGHTS — numbers are meaningless"
+
+# metric key in result["metrics"] -> column label (all mm)
+POSE_METRIC_LABELS: dict[str, str] = {
+    "mpjpe": "MPJPE",
+    "pa_mpjpe_rigid": "PA-MPJPE rigid",
+    "pa_mpjpe_similarity": "PA-MPJPE similarity",
+    "pa_mpjpe_rigid_fit18": "PA-MPJPE rigid fit18",
+}
+HEADLINE_LABELS: dict[str, str] = {
+    "mpjpe": "MPJPE",
+    "pa_mpjpe_rigid_fit18": "PA-MPJPE rigid fit18",
+    "mrpe": "MRPE",
+}
+PER_ACTION_PNG, PER_JOINT_PNG = "per_action.png", "per_joint.png"
+MODEL_PLOT_FILE_NAMES = (PER_ACTION_PNG, PER_JOINT_PNG)  # numbers only: safe to publish
+ACTION_MEAN_ROW = "action mean"
+TOTAL_ROW = "total"
+
+LEFT_COLOR, RIGHT_COLOR, CENTER_COLOR = "tab:blue", "tab:red", "tab:gray"
+
+# |delta| upper bounds (mm, exclusive) and their grade; anything larger is "investigate"
+_GRADES: tuple[tuple[float, str], ...] = ((1.0, "excellent"), (2.0, "very good"), (5.0, "acceptable"))
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+def is_random_demo(result: dict) -> bool:
+    return (result.get("weights") or {}).get("kind") == "random_demo"
+
+
+def model_label(result: dict, fallback: str = "model") -> str:
+    return (result.get("model") or {}).get("model_id") or fallback
+
+
+def source_label(result: dict) -> str:
+    """Where boxes and roots came from. A root result is produced by the model, so only its box source counts."""
+    conv = result["conventions"]
+    box, root = (conv[key].replace("_", " ") for key in ("bbox_source", "root_source"))
+    if result["kind"] == "root":
+        return f"{box} box"
+    return f"{box} box/root" if box == root else f"{box} box, {root} root"
+
+
+def setting_label(result: dict) -> str:
+    """One line that says which numbers these are: protocol, box/root source, flip test, partial."""
+    conv = result["conventions"]
+    flip = {True: "flip test", False: "no flip test", None: "flip test unknown"}[conv.get("flip_test")]
+    text = f"Protocol {conv['protocol']}, {source_label(result)}, {flip}"
+    if result.get("partial"):
+        text += f", PARTIAL {result['num_samples']}/{result['num_expected']} samples"
+    return text
+
+
+def _mark_table(frame: pd.DataFrame, result: dict) -> pd.DataFrame:
+    """The column-axis name is printed above the index in every DataFrame display: a visible marker."""
+    if is_random_demo(result):
+        frame.columns.name = DEMO_MARKER
+    return frame
+
+
+def mark_figure(fig, demo: bool) -> None:
+    """A red banner across the top of `fig` when its numbers come from random demo weights."""
+    if demo:
+        # above everything already drawn (titles may reach past the top edge); call after any layout change
+        top = max(1.0, fig.get_tightbbox().y1 / fig.get_figheight())
+        fig.text(0.5, top + 0.01, DEMO_MARKER, ha="center", va="bottom", color="white", fontsize=11, weight="bold",
+                 bbox=dict(facecolor="red", edgecolor="red", boxstyle="round,pad=0.3"))
+
+
+def _title(result: dict, what: str) -> str:
+    title = f"{model_label(result)}: {what}\n{setting_label(result)}"
+    if is_random_demo(result):
+        title += f"\n[{DEMO_MARKER}]"
+    return title
+
+
+def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> Path:
+    """Write `fig` as PNG atomically."""
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
+    return Path(path)
+
+
+def write_csv(frame: pd.DataFrame, path: str | os.PathLike, float_format: str = "%.4f") -> Path:
+    return write_text(path, frame.to_csv(float_format=float_format))
+
+
+# ---------------------------------------------------------------------------------------- paper comparison
+def grade_delta(delta_mm: float) -> str:
+    """|measured − paper| < 1 mm excellent, < 2 very good, < 5 acceptable, else investigate."""
+    if delta_mm is None or not math.isfinite(float(delta_mm)):
+        raise ValueError(f"grade_delta needs a finite difference in mm, got {delta_mm!r}")
+    magnitude = abs(float(delta_mm))
+    for bound, grade in _GRADES:
+        if magnitude < bound:
+            return grade
+    return "investigate"
+
+
+def paper_comparison(result: dict, spec) -> pd.DataFrame:
+    """Measured vs published numbers for the setting this result was run in, with Δ = measured − paper and a grade.
+
+    Pose, protocol 2: MPJPE total vs `p2_mpjpe` (GT box/root) or `p2_mpjpe_detected` (detected box/root).
+    Pose, protocol 1: PA-MPJPE rigid fit18 total vs `p1_pa_mpjpe` or `p1_pa_mpjpe_detected`.
+    Root (RootNet): MRPE total, x, y, z vs `paper.mrpe`, published for protocol 2 with ground-truth boxes
+    (RootNet's Human3.6M test crops the annotation boxes).
+    A setting the paper did not publish gets no paper value and the grade says why.
+    """
+    kind = result["kind"]
+    if kind != spec.kind:
+        raise ValueError(f"result kind {kind!r} does not match model {spec.model_id!r} (kind {spec.kind!r})")
+    result_model = (result.get("model") or {}).get("model_id")
+    if result_model is not None and result_model != spec.model_id:
+        raise ValueError(f"result is for model {result_model!r} but the spec is {spec.model_id!r}")
+    conv = result["conventions"]
+    protocol = int(conv["protocol"])
+    paper = spec.paper
+    rows: list[tuple[str, float, float | None]] = []  # (metric, measured, paper)
+    no_paper_reason = "n/a: no published value"
+    if kind == "root":
+        mrpe = result["metrics"]["mrpe"]
+        published = paper.mrpe if (protocol == 2 and conv["bbox_source"] == "ground_truth") else None
+        if paper.mrpe and published is None:
+            no_paper_reason = "n/a: MRPE is published for protocol 2 with ground-truth boxes only"
+        for part in ("total", "x", "y", "z"):
+            rows.append((f"MRPE {part}" if part != "total" else "MRPE", mrpe[part],
+                         None if published is None else published.get(part)))
+    else:
+        if protocol == 2:
+            metric, label = "mpjpe", "MPJPE"
+            by_source = {"ground_truth": paper.p2_mpjpe, "detected": paper.p2_mpjpe_detected}
+        else:
+            metric, label = "pa_mpjpe_rigid_fit18", "PA-MPJPE rigid fit18"
+            by_source = {"ground_truth": paper.p1_pa_mpjpe, "detected": paper.p1_pa_mpjpe_detected}
+        value = None
+        if conv["bbox_source"] != conv["root_source"]:
+            no_paper_reason = "n/a: no published value for a mixed box/root source"
+        else:
+            value = by_source.get(conv["bbox_source"])
+        rows.append((label, result["metrics"][metric]["total"], value))
+
+    demo = is_random_demo(result)
+    partial_note = (f" (partial run: {result['num_samples']} of {result['num_expected']} samples)"
+                    if result.get("partial") else "")
+    records = []
+    for metric_label, measured, published in rows:
+        delta = None if published is None else float(measured) - float(published)
+        if demo:
+            grade = "n/a: random demo weights"
+        elif delta is None:
+            grade = no_paper_reason
+        else:
+            grade = grade_delta(delta) + partial_note
+        records.append({
+            "metric": metric_label,
+            "setting": setting_label(result),
+            "measured (mm)": float(measured),
+            "paper (mm)": np.nan if published is None else float(published),
+            "Δ (mm)": np.nan if delta is None else delta,
+            "grade": grade,
+            "paper source": paper.source,
+        })
+    return _mark_table(pd.DataFrame(records).set_index("metric"), result)
+
+
+# ------------------------------------------------------------------------------------------------- tables
+def _ordered_actions(per_action: dict) -> list[str]:
+    unknown = sorted(set(per_action) - set(ACTION_NAMES))
+    if unknown:
+        raise ValueError(f"unknown action names in result: {unknown}; expected names from protocol.ACTION_NAMES")
+    return [a for a in ACTION_NAMES if a in per_action]
+
+
+def per_action_frame(result: dict) -> pd.DataFrame:
+    """Rows: the actions present (official order), then "action mean" and "total". Columns: metrics in mm.
+
+    Root results have one column, MRPE; its action mean is computed here (unweighted mean of the per-action
+    values) because the schema stores none for MRPE.
+    """
+    metrics = result["metrics"]
+    if result["kind"] == "root":
+        mrpe = metrics["mrpe"]
+        actions = _ordered_actions(mrpe["per_action"])
+        frame = pd.DataFrame({"MRPE": [mrpe["per_action"][a] for a in actions]}, index=actions)
+        frame.loc[ACTION_MEAN_ROW] = frame["MRPE"].mean()
+        frame.loc[TOTAL_ROW] = mrpe["total"]
+    else:
+        present = [k for k in POSE_METRIC_LABELS if k in metrics]
+        actions = _ordered_actions(metrics[present[0]]["per_action"])
+        frame = pd.DataFrame({POSE_METRIC_LABELS[k]: [metrics[k]["per_action"][a] for a in actions] for k in present},
+                             index=actions)
+        frame.loc[ACTION_MEAN_ROW] = [metrics[k]["action_mean"] for k in present]
+        frame.loc[TOTAL_ROW] = [metrics[k]["total"] for k in present]
+    frame.index.name = "action"
+    return _mark_table(frame.astype(float), result)
+
+
+def per_joint_frame(result: dict) -> pd.DataFrame:
+    """Rows: the 17 evaluated joints. Columns: metrics that carry per-joint means (mm)."""
+    if result["kind"] != "pose":
+        raise ValueError("per-joint errors exist for pose results only; a root result has one joint (see MRPE)")
+    metrics = result["metrics"]
+    columns = {label: [metrics[k]["per_joint"][j] for j in EVAL_JOINT_NAMES]
+               for k, label in POSE_METRIC_LABELS.items() if k in metrics and "per_joint" in metrics[k]}
+    if not columns:
+        raise ValueError("the result has no per-joint metrics")
+    frame = pd.DataFrame(columns, index=list(EVAL_JOINT_NAMES))
+    frame.index.name = "joint"
+    return _mark_table(frame.astype(float), result)
+
+
+# -------------------------------------------------------------------------------------------------- plots
+def _bar_chart(frame: pd.DataFrame, columns: list[str], ax, ylabel: str) -> None:
+    positions = np.arange(len(frame))
+    width = 0.8 / len(columns)
+    for i, column in enumerate(columns):
+        ax.bar(positions + (i - (len(columns) - 1) / 2) * width, frame[column].to_numpy(), width, label=column)
+    ax.set_xticks(positions)
+    ax.set_xticklabels(frame.index, rotation=45, ha="right")
+    ax.set_ylabel(ylabel)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+
+
+def plot_per_action(result: dict, ax=None):
+    """Per-action bars (MPJPE and rigid PA-MPJPE, or MRPE), with the action mean and total at the end."""
+    frame = per_action_frame(result)
+    columns = ["MRPE"] if result["kind"] == "root" else [
+        c for c in ("MPJPE", "PA-MPJPE rigid") if c in frame.columns]
+    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(12, 4.5))
+    _bar_chart(frame, columns, ax, "error (mm)")
+    ax.set_title(_title(result, "per-action error"), fontsize=10)
+    mark_figure(fig, is_random_demo(result))
+    return fig
+
+
+def plot_per_joint(result: dict, ax=None):
+    """Per-joint bars of every metric that has per-joint means."""
+    frame = per_joint_frame(result)
+    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(12, 4.5))
+    _bar_chart(frame, list(frame.columns), ax, "error (mm)")
+    ax.set_title(_title(result, "per-joint error"), fontsize=10)
+    mark_figure(fig, is_random_demo(result))
+    return fig
+
+
+def write_model_outputs(result: dict, out_dir: str | os.PathLike, spec=None) -> dict[str, Path]:
+    """Write per-action/per-joint CSVs and PNGs (and the paper comparison when a spec is known) into `out_dir`.
+
+    `spec` defaults to the registry entry of `result["model"]["model_id"]` when there is one.
+    Returns {name: path} of the files written.
+    """
+    validate_result(result)
+    out_dir = Path(out_dir)
+    if spec is None:
+        from .models.registry import MODEL_REGISTRY
+        spec = MODEL_REGISTRY.get((result.get("model") or {}).get("model_id"))
+    paths: dict[str, Path] = {"per_action_csv": write_csv(per_action_frame(result), out_dir / "per_action.csv")}
+    fig = plot_per_action(result)
+    try:
+        paths["per_action_png"] = save_figure(fig, out_dir / PER_ACTION_PNG)
+    finally:
+        plt.close(fig)
+    if result["kind"] == "pose":
+        paths["per_joint_csv"] = write_csv(per_joint_frame(result), out_dir / "per_joint.csv")
+        fig = plot_per_joint(result)
+        try:
+            paths["per_joint_png"] = save_figure(fig, out_dir / PER_JOINT_PNG)
+        finally:
+            plt.close(fig)
+    if spec is not None:
+        paths["paper_comparison_csv"] = write_csv(paper_comparison(result, spec), out_dir / "paper_comparison.csv")
+    return paths
+
+
+# -------------------------------------------------------------------------------------------- qualitative
+def _side_color(name: str) -> str:
+    return LEFT_COLOR if name.startswith("L_") else RIGHT_COLOR if name.startswith("R_") else CENTER_COLOR
+
+
+def _bone_color(a: int, b: int) -> str:
+    for joint in (a, b):
+        color = _side_color(JOINT_NAMES[joint])
+        if color != CENTER_COLOR:
+            return color
+    return CENTER_COLOR
+
+
+def _as_numpy(array) -> np.ndarray:
+    if hasattr(array, "detach"):  # torch tensor
+        array = array.detach().cpu().numpy()
+    return np.asarray(array)
+
+
+def heatmap_to_crop_pixels(coords, output_shape: tuple[int, int], input_shape: tuple[int, int]) -> np.ndarray:
+    """(…, J, ≥2) heatmap x, y → crop pixels (…, J, 2), the same linear map the 3DMPPE back-projection uses."""
+    coords = _as_numpy(coords).astype(np.float64)
+    scale = np.array([input_shape[1] / output_shape[1], input_shape[0] / output_shape[0]])
+    return coords[..., :2] * scale
+
+
+def plot_sample_2d(crop_image, coords_2d, skeleton=SKELETON, ax=None, title: str | None = None):
+    """Draw the skeleton over one crop.
+
+    `crop_image`: (3,H,W) RGB, 0–255 float or uint8 (numpy or torch); `coords_2d`: (J,2) crop pixels.
+    """
+    image = _as_numpy(crop_image)
+    if image.ndim != 3 or image.shape[0] != 3:
+        raise ValueError(f"crop_image must be (3, H, W) RGB; got shape {image.shape}")
+    coords = _as_numpy(coords_2d).astype(np.float64)
+    if coords.ndim != 2 or coords.shape[1] < 2:
+        raise ValueError(f"coords_2d must be (J, 2) crop pixels; got shape {coords.shape}")
+    ax = ax if ax is not None else plt.subplots(figsize=(4, 4))[1]
+    ax.imshow(np.clip(image.transpose(1, 2, 0).astype(np.float64), 0, 255).astype(np.uint8))
+    for a, b in skeleton:
+        if a < len(coords) and b < len(coords):
+            ax.plot(coords[[a, b], 0], coords[[a, b], 1], color=_bone_color(a, b), linewidth=2)
+    ax.scatter(coords[:, 0], coords[:, 1], s=10, c="yellow", edgecolors="black", linewidths=0.5, zorder=3)
+    ax.set_xlim(0, image.shape[2] - 1)
+    ax.set_ylim(image.shape[1] - 1, 0)
+    ax.axis("off")
+    if title:
+        ax.set_title(title, fontsize=9)
+    return ax
+
+
+def _draw_skeleton_3d(ax, pose: np.ndarray, skeleton, colored: bool, **style) -> None:
+    # camera space is x right, y down, z forward; show x, z (depth) and -y (up)
+    for a, b in skeleton:
+        if a < len(pose) and b < len(pose):
+            color = _bone_color(a, b) if colored else "black"
+            ax.plot(pose[[a, b], 0], pose[[a, b], 2], -pose[[a, b], 1], color=color, **style)
+
+
+def plot_sample_3d(pred_cam, gt_cam, ax=None, skeleton=SKELETON, title: str | None = None):
+    """Root-relative 3D skeletons: prediction coloured left (blue) / right (red), ground truth black dashed. mm."""
+    pred = _as_numpy(pred_cam).astype(np.float64)
+    gt = _as_numpy(gt_cam).astype(np.float64)
+    if pred.shape != gt.shape or pred.ndim != 2 or pred.shape[1] != 3:
+        raise ValueError(f"pred_cam and gt_cam must both be (J, 3) camera mm; got {pred.shape} and {gt.shape}")
+    pred = pred - pred[0]
+    gt = gt - gt[0]
+    if ax is None:
+        ax = plt.figure(figsize=(4, 4)).add_subplot(projection="3d")
+    _draw_skeleton_3d(ax, gt, skeleton, colored=False, linewidth=1, linestyle="--")
+    _draw_skeleton_3d(ax, pred, skeleton, colored=True, linewidth=2)
+    extent = max(float(np.abs(np.concatenate([pred, gt])).max()), 1.0)
+    ax.set_xlim(-extent, extent)
+    ax.set_ylim(-extent, extent)
+    ax.set_zlim(-extent, extent)
+    ax.set_box_aspect((1, 1, 1))
+    ax.set_xlabel("X (mm)")
+    ax.set_ylabel("Z depth (mm)")
+    ax.set_zlabel("-Y up (mm)")
+    ax.view_init(elev=10, azim=-70)
+    if title:
+        ax.set_title(title, fontsize=9)
+    return ax
+
+
+def plot_qualitative_samples(crops, coords_2d, pred_cam=None, gt_cam=None, titles=None, result: dict | None = None):
+    """A grid, one row per sample: the crop with the predicted 2D skeleton, and (when given) the 3D comparison.
+
+    `crops`: sequence of (3,H,W) 0–255 images; `coords_2d`: sequence of (J,2) crop pixels;
+    `pred_cam`, `gt_cam`: sequences of (J,3) camera mm, or None; `titles`: one string per sample;
+    `result`: the result these samples come from, so random demo weights are marked.
+    """
+    n = len(crops)
+    if n == 0:
+        raise ValueError("plot_qualitative_samples needs at least one sample")
+    for name, seq in (("coords_2d", coords_2d), ("pred_cam", pred_cam), ("gt_cam", gt_cam), ("titles", titles)):
+        if seq is not None and len(seq) != n:
+            raise ValueError(f"{name} has {len(seq)} entries for {n} crops")
+    if (pred_cam is None) != (gt_cam is None):
+        raise ValueError("give both pred_cam and gt_cam for the 3D panels, or neither")
+    with_3d = pred_cam is not None
+    fig = plt.figure(figsize=(8 if with_3d else 4, 4 * n))
+    for i in range(n):
+        ax2d = fig.add_subplot(n, 2 if with_3d else 1, i * (2 if with_3d else 1) + 1)
+        plot_sample_2d(crops[i], coords_2d[i], ax=ax2d, title=titles[i] if titles else None)
+        if with_3d:
+            ax3d = fig.add_subplot(n, 2, i * 2 + 2, projection="3d")
+            plot_sample_3d(pred_cam[i], gt_cam[i], ax=ax3d, title="prediction (colour) vs ground truth (dashed)")
+    demo = result is not None and is_random_demo(result)
+    if result is not None:
+        fig.suptitle(f"{model_label(result)}: qualitative samples" + (f"\n[{DEMO_MARKER}]" if demo else ""),
+                     fontsize=10)
+    fig.tight_layout()
+    mark_figure(fig, demo)
+    return fig

@@ -1,0 +1,150 @@
+"""helpers.consolidate on a temporary folder of synthetic results (see test_report.make_result)."""
+from __future__ import annotations
+
+import json
+
+import matplotlib
+
+matplotlib.use("Agg")
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+
+from helpers import consolidate as cons  # noqa: E402
+from helpers.models.registry import get_spec  # noqa: E402
+from helpers.report import DEMO_MARKER  # noqa: E402
+from test_report import make_result  # noqa: E402
+
+
+def _put(root, name, result) -> None:
+    folder = root / name
+    folder.mkdir(parents=True)
+    text = result if isinstance(result, str) else json.dumps(result)
+    (folder / "result.json").write_text(text)
+
+
+@pytest.fixture(scope="module")
+def results_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("consolidate") / "outputs"
+    _put(root, "convnextpose_L", make_result(model_id="convnextpose_L", base=50.1, gmacs=4.3, num_params=8_380_352,
+                                             images_per_s=150.0))
+    _put(root, "convnextpose_S", make_result(model_id="convnextpose_S", base=52.9))
+    _put(root, "posenet", make_result(model_id="posenet", base=310.0, weights_kind="random_demo"))
+    _put(root, "rootnet", make_result("root", model_id="rootnet", base=121.5))
+    broken = make_result(model_id="convnextpose_M")
+    del broken["headline"]
+    _put(root, "convnextpose_M", broken)
+    _put(root, "garbled", "{not json")
+    # decoys: report/ and runs/ are never read
+    _put(root, "report", "{}")
+    _put(root, "runs", "{}")
+    return root
+
+
+@pytest.fixture(scope="module")
+def consolidated(results_dir):
+    """One consolidation shared by the read-only checks below (rendering the plots takes seconds)."""
+    return cons.consolidate(results_dir)
+
+
+def test_consolidate_leaderboard_and_files(results_dir, consolidated):
+    out = consolidated
+    lb = out.leaderboard
+    for column in ("model", "model_id", HEADLINE := cons.HEADLINE_COLUMN, "PA rigid (mm)", "PA similarity (mm)",
+                   "action mean (mm)", "paper (mm)", "Δ (mm)", "grade", "params (M)", "GFLOPs (MACs)", "images/s",
+                   "protocol", "bbox source", "root source", "flip test", "AMP", "device", "batch size",
+                   "images evaluated", "partial", "weights"):
+        assert column in lb.columns, column
+    assert len(lb) == 4 and len(out.results) == 4
+    # pose group first, ranked by MPJPE; RootNet in its own group
+    assert list(lb["model_id"]) == ["convnextpose_L", "convnextpose_S", "posenet", "rootnet"]
+    large = lb.set_index("model_id").loc["convnextpose_L"]
+    assert large[HEADLINE] == 50.1
+    assert large["paper (mm)"] == get_spec("convnextpose_L").paper.p2_mpjpe
+    assert large["Δ (mm)"] == pytest.approx(50.1 - 49.75)
+    assert large["grade"] == "excellent"
+    assert large["params (M)"] == pytest.approx(8.380352)
+    assert large["GFLOPs (MACs)"] == 4.3 and large["images/s"] == 150.0
+    assert large["PA rigid (mm)"] == pytest.approx(50.1 * 0.7)
+    small = lb.set_index("model_id").loc["convnextpose_S"]
+    assert small["grade"] == "very good"  # 52.9 - 51.80 = 1.1
+    demo = lb.set_index("model_id").loc["posenet"]
+    assert demo["weights"] == "random_demo" and demo["grade"] == "n/a: random demo weights"
+    assert "[random demo]" in demo["model"]
+    root = lb.set_index("model_id").loc["rootnet"]
+    assert root["metric"] == "MRPE" and root[HEADLINE] == 121.5
+    assert root["MRPE z (mm)"] == pytest.approx(111.5)
+    assert root["Δ (mm)"] == pytest.approx(1.5)
+    assert root["group"] != large["group"]
+
+    report_dir = results_dir / "report"
+    assert out.out_dir == report_dir
+    for name in cons.FILE_NAMES.values():
+        assert (report_dir / name).is_file() and (report_dir / name).stat().st_size > 0, name
+    assert not list(report_dir.glob(".*"))  # no temporary files left
+    csv = pd.read_csv(report_dir / "leaderboard.csv")
+    assert list(csv["model_id"]) == list(lb["model_id"])
+    summary = json.loads((report_dir / "summary.json").read_text())
+    assert summary["any_random_demo"] is True and summary["num_results"] == 4
+    assert len(summary["problems"]) == len(out.problems)
+
+    # invalid files are listed, decoys are not read
+    assert any("convnextpose_M/result.json" in p and "headline" in p for p in out.problems)
+    assert any("garbled/result.json" in p for p in out.problems)
+    assert not any("report/" in p or "runs/" in p for p in out.problems)
+
+
+def test_report_markdown_states_conventions_and_warnings(consolidated):
+    text = consolidated.files["report"].read_text()
+    for expected in ("frame_idx % 64 == 0", "test subjects S9, S11", "17 evaluated", "root joint Pelvis",
+                     "**Alignment:**", "similarity", "**Averaging:**", "action_mean", "box ground truth",
+                     "**Flip test:** on", DEMO_MARKER.upper(), "`posenet`", "## Problems found", "garbled",
+                     "![", "headline_bars.png", "per_action_heatmap.png", "accuracy_vs_cost.png",
+                     "| ConvNeXtPose L | convnextpose_L | 50.10 |"):
+        assert expected in text, expected
+    # pose and root are separate tables under separate headings
+    assert "### Protocol 2 MPJPE, ground truth box/root" in text
+    assert "### Protocol 2 MRPE, ground truth box\n" in text
+
+
+def test_mixed_protocols_and_flip_settings_are_grouped_and_flagged(tmp_path):
+    root = tmp_path / "res"
+    _put(root, "cnp_p2", make_result(model_id="convnextpose_M", base=51.0))
+    _put(root, "cnp_p2_noflip", make_result(model_id="convnextpose_M", base=53.0, flip_test=False))
+    _put(root, "cnp_p1", make_result(model_id="convnextpose_M", base=50.0, protocol=1))
+    _put(root, "posenet_det", make_result(model_id="posenet", base=54.0, detected=True))
+    out = cons.consolidate(root, tmp_path / "elsewhere")
+    assert out.files["report"].parent == tmp_path / "elsewhere"
+    assert len(out.groups) == 3
+    assert out.groups[0].startswith("Protocol 2 MPJPE, ground truth")
+    p1 = out.leaderboard.set_index("result").loc["cnp_p1"]
+    assert p1["metric"] == "PA-MPJPE rigid fit18" and p1["paper (mm)"] == 34.5
+    assert p1[cons.HEADLINE_COLUMN] == pytest.approx(50.0 * 0.68)
+    detected = out.leaderboard.set_index("result").loc["posenet_det"]
+    assert detected["paper (mm)"] == 54.4  # the published detected-box value, not the GT one
+    assert any("mixes flip test" in p and "cnp_p2_noflip=False" in p for p in out.problems)
+    assert any("3 different conventions" in p for p in out.problems)
+    # the same model twice in one group stays distinguishable
+    labels = list(out.leaderboard["model"][out.leaderboard["group"] == out.groups[0]])
+    assert len(set(labels)) == 2
+    assert out.per_action.shape == (4, 15)
+    assert DEMO_MARKER.upper() not in out.files["report"].read_text()
+
+
+def test_all_invalid_and_empty_folders(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no result.json"):
+        cons.consolidate(tmp_path)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        cons.consolidate(tmp_path / "missing")
+    _put(tmp_path, "bad", "[]")
+    out = cons.consolidate(tmp_path)
+    assert out.leaderboard.empty and len(out.problems) == 1
+    assert "No valid result" in out.files["report"].read_text()
+    assert cons.main([str(tmp_path)]) == 1
+
+
+def test_main_cli(results_dir, capsys, tmp_path):
+    assert cons.main([str(results_dir), "--out", str(tmp_path / "rep")]) == 0
+    printed = capsys.readouterr().out
+    assert "ConvNeXtPose L" in printed and "problem:" in printed
+    assert (tmp_path / "rep" / "REPORT.md").is_file()
+    assert cons.main([str(tmp_path / "nothing")]) == 1
