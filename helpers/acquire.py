@@ -31,6 +31,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from . import environment
 from .models.checkpoint import (DRIVE_QUOTA_PHRASES, CheckpointError, check_torch_zip, file_sha256, html_page_problem,
                                 sniff_bytes)
 from .models.registry import MODEL_REGISTRY, CheckpointSource, get_spec
@@ -48,15 +49,12 @@ _SEARCH_MAX_DEPTH = 6
 
 
 def default_cache_dir() -> Path:
-    """`/kaggle/working/checkpoints` on Kaggle (kept between sessions), else `~/.cache/h36m_helpers/checkpoints`."""
-    if Path("/kaggle/working").is_dir():
-        return Path("/kaggle/working/checkpoints")
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "h36m_helpers" / "checkpoints"
+    """Where downloads are cached: `environment.default_cache_dir()/checkpoints` (kept out of Kaggle's saved output)."""
+    return environment.default_cache_dir() / "checkpoints"
 
 
 def default_search_roots() -> list[Path]:
-    return [Path("/kaggle/input")] if Path("/kaggle/input").is_dir() else []
+    return environment.default_input_roots()
 
 
 def kaggle_mirror_instructions(file_name: str = "CHECKPOINT.tar", drive_id: str | None = None) -> str:

@@ -65,7 +65,7 @@ def fill_state_dict(fixture: dict) -> "OrderedDict[str, torch.Tensor]":
         value = fill_value(rng_key, shape, seed)
         if key in mult_keys or rng_key in mult_keys:
             value = value * mult
-        out[key] = torch.from_numpy(np.ascontiguousarray(value))
+        out[key] = torch.from_numpy(np.array(value))  # np.array keeps 0-d shapes (num_batches_tracked)
     return out
 
 
