@@ -1,0 +1,735 @@
+"""The logic behind every model notebook: parameters in, checked inputs, inference, evaluation, files out.
+
+A notebook is a thin narrative of calls:
+
+    run = prepare(RunParams(model="convnextpose", variant="L", ...))   # fails fast, says what to fix
+    run.environment(); run.data_summary(); run.checkpoint_summary()
+    run.infer(); run.evaluate(); run.save()
+    run.paper_comparison(); run.plots(); run.qualitative_samples(); run.files_table()
+
+`prepare` checks everything before any inference: the model and variant, the data root (and what was
+searched), the test images (count and first missing paths, and the skip option), the bbox_root file and the
+checkpoint (strict load). Demo mode (`demo="auto"` when nothing real is found, or `demo=True`) generates
+the demo dataset and random-initialised checkpoints once into the cache folder and stamps every result
+`weights.kind = "random_demo"`, so every table and report says the numbers mean nothing.
+
+Outputs go to `<output_dir>/<model_id>/`: `result.json` (helpers/README.md schema), `predictions.npz`,
+per-action/per-joint CSV and PNG, the paper comparison, qualitative samples, and for RootNet a RootNet-format
+`bbox_root_human36m_output.json` that the other notebooks accept as BBOX_ROOT.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import environment as env
+from .h36m import DataError
+
+DEMO_FRAMES = 1  # sampled frames per demo sequence: 239 test samples, small enough for a CPU
+DEMO_DATA_MARKER = "DEMO_DATA.md"
+BBOX_ROOT_FILE_NAME = "bbox_root_human36m_output.json"
+RESULT_FILE_NAME = "result.json"
+PREDICTIONS_FILE_NAME = "predictions.npz"
+QUALITATIVE_FILE_NAME = "qualitative_samples.png"
+QUALITATIVE_COUNT = 4
+
+
+class ConfigError(ValueError):
+    """A parameter that cannot work (unknown model, contradictory settings). The message says what to set."""
+
+
+class CheckpointUnavailable(RuntimeError):
+    """No checkpoint could be found or downloaded and demo weights are not allowed."""
+
+
+# ------------------------------------------------------------------------------------------- parameters
+def model_families() -> list[str]:
+    from .models.registry import MODEL_REGISTRY
+
+    return list(dict.fromkeys(spec.family for spec in MODEL_REGISTRY.values()))
+
+
+def variants_of(family: str) -> list[str]:
+    from .models.registry import MODEL_REGISTRY
+
+    return [spec.variant for spec in MODEL_REGISTRY.values() if spec.family == family]
+
+
+def resolve_model_id(model: str, variant: str | None = None) -> str:
+    """Registry model id for a family and variant ("convnextpose", "L" -> "convnextpose_L").
+
+    `model` may also be a model id itself; then `variant` must be None or that model's variant.
+    Variants match case-insensitively.
+    """
+    from .models.registry import MODEL_REGISTRY
+
+    model = str(model).strip()
+    variant = None if variant is None or str(variant).strip() == "" else str(variant).strip()
+    if model in MODEL_REGISTRY:
+        spec = MODEL_REGISTRY[model]
+        if variant is not None and variant.lower() != spec.variant.lower():
+            raise ConfigError(f"MODEL {model!r} is the model id of variant {spec.variant!r}, but VARIANT is "
+                              f"{variant!r}; set VARIANT = None or {spec.variant!r}, or MODEL = {spec.family!r}")
+        return model
+    families = model_families()
+    if model.lower() not in families:
+        raise ConfigError(f"unknown MODEL {model!r}; choose a family ({', '.join(families)}) "
+                          f"or a model id ({', '.join(MODEL_REGISTRY)})")
+    family = model.lower()
+    valid = variants_of(family)
+    if variant is None:
+        if len(valid) == 1:
+            return next(s.model_id for s in MODEL_REGISTRY.values() if s.family == family)
+        raise ConfigError(f"MODEL {family!r} needs a VARIANT; valid variants: {', '.join(valid)}")
+    for spec in MODEL_REGISTRY.values():
+        if spec.family == family and spec.variant.lower() == variant.lower():
+            return spec.model_id
+    raise ConfigError(f"unknown VARIANT {variant!r} for MODEL {family!r}; valid variants: {', '.join(valid)}")
+
+
+def _positive_int_or_none(name: str, value) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ConfigError(f"{name} must be a positive integer or None, got {value!r}")
+    return int(value)
+
+
+def _bool(name: str, value) -> bool:
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise ConfigError(f"{name} must be True or False, got {value!r}")
+
+
+def _demo_mode(value) -> str | bool:
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    text = str(value).strip().lower()
+    if text in ("auto", "true", "false"):
+        return {"auto": "auto", "true": True, "false": False}[text]
+    raise ConfigError(f"DEMO must be \"auto\", True or False, got {value!r}")
+
+
+def _optional_path(value) -> str | None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    return str(value)
+
+
+@dataclass
+class RunParams:
+    """The notebook parameters (papermill overrides them); see the notebooks' parameters cell."""
+
+    model: str
+    variant: str | None = None
+    checkpoint: str | None = None  # path, URL or Google Drive id; None: search the inputs, then the registry
+    data_root: str | None = None  # None: search the input roots
+    protocol: int = 2
+    use_gt_info: bool = True  # ground-truth box and root (the published setting)
+    bbox_root: str | None = None  # RootNet-format file, used with use_gt_info=False
+    flip_test: bool = True
+    batch_size: int | None = None  # None: the model's default
+    amp: bool = True
+    device: str = "auto"
+    world_size: int | None = None  # None: every visible GPU
+    image_limit: int | None = None  # evaluate this many test images, spread evenly over the test set
+    output_dir: str | None = None  # None: environment.default_output_dir()
+    demo: str | bool = "auto"
+    skip_missing_images: bool = False
+    seed: int = 0
+    cache_dir: str | None = None  # demo data, demo checkpoints, downloads; None: environment.default_cache_dir()
+
+    def __post_init__(self):
+        self.model_id = resolve_model_id(self.model, self.variant)
+        if isinstance(self.protocol, bool) or self.protocol not in (1, 2):
+            raise ConfigError(f"PROTOCOL must be 1 or 2, got {self.protocol!r}")
+        self.protocol = int(self.protocol)
+        for name in ("use_gt_info", "flip_test", "amp", "skip_missing_images"):
+            setattr(self, name, _bool(name.upper(), getattr(self, name)))
+        self.batch_size = _positive_int_or_none("BATCH_SIZE", self.batch_size)
+        self.world_size = _positive_int_or_none("WORLD_SIZE", self.world_size)
+        self.image_limit = _positive_int_or_none("IMAGE_LIMIT", self.image_limit)
+        self.demo = _demo_mode(self.demo)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
+            raise ConfigError(f"SEED must be a non-negative integer, got {self.seed!r}")
+        self.seed = int(self.seed)
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"DEVICE must be \"auto\", \"cpu\" or \"cuda\", got {self.device!r} "
+                              "(WORLD_SIZE chooses how many GPUs)")
+        for name in ("checkpoint", "data_root", "bbox_root", "output_dir", "cache_dir"):
+            setattr(self, name, _optional_path(getattr(self, name)))
+        if self.use_gt_info and self.bbox_root is not None:
+            raise ConfigError(f"BBOX_ROOT is set ({self.bbox_root}) but USE_GT_INFO is True, which uses the "
+                              "ground-truth box and root; set USE_GT_INFO = False to use the detected boxes "
+                              "and roots of BBOX_ROOT, or BBOX_ROOT = None")
+        if self.demo is True and (self.data_root or self.checkpoint):
+            raise ConfigError("DEMO = True uses the generated demo data and random demo weights, but DATA_ROOT or "
+                              "CHECKPOINT is set; set DEMO = \"auto\" (or False) to use them")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ------------------------------------------------------------------------------------------------- demo
+def demo_root(cache_dir: Path) -> Path:
+    return Path(cache_dir) / "demo"
+
+
+def ensure_demo_data(cache_dir: Path, seed: int = 0, frames: int = DEMO_FRAMES) -> Path:
+    """The generated demo dataset for (seed, frames) under the cache; generated once, then reused."""
+    from . import demo_data
+
+    target = demo_root(cache_dir) / f"data_seed{seed}_frames{frames}"
+    if (target / DEMO_DATA_MARKER).is_file():
+        return target
+    print(f"generating the demo dataset (seed {seed}, {frames} frame(s) per sequence) into {target} ...")
+    demo_data.generate(target, seed=seed, frames=frames, show_progress=False)
+    return target
+
+
+def ensure_demo_checkpoint(cache_dir: Path, model_id: str, seed: int = 0) -> Path:
+    """A random-initialised checkpoint of `model_id` in its official layout; written once, then reused."""
+    from . import demo_checkpoints
+
+    # One folder per model: demo_checkpoints writes a README describing the files of each call.
+    folder = demo_root(cache_dir) / f"checkpoints_seed{seed}" / model_id
+    path = folder / model_id / demo_checkpoints.demo_file_name(model_id)
+    if path.is_file():
+        return path
+    print(f"writing a random-initialised demo checkpoint for {model_id} into {folder} ...")
+    return demo_checkpoints.write_demo_checkpoints(folder, model_ids=[model_id], seed=seed)[model_id]
+
+
+# ------------------------------------------------------------------------------------------------ the run
+def _display(obj) -> None:
+    """Show `obj` in a notebook (rich display); print it elsewhere."""
+    try:
+        from IPython import get_ipython
+        from IPython.display import display
+    except ImportError:
+        print(obj)
+        return
+    if get_ipython() is None:
+        print(obj)
+    else:
+        display(obj)
+
+
+def _spread(indices: np.ndarray, limit: int | None) -> np.ndarray:
+    """`limit` entries of `indices` spread evenly from first to last (all of them when limit is None)."""
+    if limit is None or limit >= len(indices):
+        return np.asarray(indices)
+    picks = np.unique(np.round(np.linspace(0, len(indices) - 1, limit)).astype(np.int64))
+    return np.asarray(indices)[picks]
+
+
+@dataclass
+class Run:
+    """A checked run: built by `prepare`, then driven cell by cell."""
+
+    params: RunParams
+    spec: object  # models.registry.ModelSpec
+    demo: bool
+    data_root: Path
+    annotation_dir: Path
+    test_set: object  # h36m.TestSet: every test sample of the protocol
+    image_check: object  # h36m.ImageCheck on the full test set
+    selected: np.ndarray  # positions in test_set that are run
+    image_paths: list[Path]  # of the selected samples
+    checkpoint_path: Path
+    checkpoint_source: str
+    weights_kind: str
+    model: object
+    checkpoint_info: dict
+    output_dir: Path
+    notes: list[str] = field(default_factory=list)
+    started: float = field(default_factory=time.perf_counter)
+    environment_info: dict | None = None
+    inference: dict | None = None
+    result: dict | None = None
+    per_sample: object | None = None
+    evaluation_s: float | None = None
+    files: dict[str, Path] = field(default_factory=dict)
+
+    # -------------------------------------------------------------------------------- facts
+    @property
+    def model_id(self) -> str:
+        return self.spec.model_id
+
+    @property
+    def is_root_model(self) -> bool:
+        return self.spec.kind == "root"
+
+    @property
+    def eval_set(self):
+        return self.test_set.subset(self.selected)
+
+    @property
+    def partial(self) -> bool:
+        return self.params.image_limit is not None and len(self.selected) < len(self.image_check.kept_indices)
+
+    # -------------------------------------------------------------------------------- cells
+    def environment(self) -> pd.DataFrame:
+        """Software, GPUs and warnings (e.g. a GPU this torch build cannot use)."""
+        if self.environment_info is None:
+            self.environment_info = env.environment_report()
+        for warning in self.environment_info["warnings"]:
+            print(f"WARNING: {warning}")
+        return env.environment_frame(self.environment_info)
+
+    def data_summary(self) -> pd.DataFrame:
+        ts = self.test_set
+        rows = [
+            ("mode", "DEMO: generated synthetic data" if self.demo else "real data"),
+            ("data root", str(self.data_root)),
+            ("annotation folder", str(self.annotation_dir)),
+            ("image roots", ", ".join(str(p) for p in self.image_check.image_roots)),
+            ("protocol", f"{ts.protocol} (subjects {', '.join(f'S{s}' for s in ts.subjects)})"),
+            ("test samples", len(ts)),
+            ("box and root", ts.bbox_source + (f" ({ts.bbox_root_file})" if ts.bbox_root_file else "")),
+            ("missing images", self.image_check.num_missing),
+            ("samples run", len(self.selected)),
+        ]
+        if self.params.image_limit is not None:
+            rows.append(("image limit", f"{self.params.image_limit} (spread evenly over the test set"
+                                        + ("; a PARTIAL result)" if self.partial else ")")))
+        if ts.dropped_empty_boxes:
+            rows.append(("dropped (empty GT box)", len(ts.dropped_empty_boxes)))
+        for note in self.notes:
+            rows.append(("note", note))
+        frame = pd.DataFrame(rows, columns=["item", "value"]).set_index("item")
+        per_action = pd.Series(self.eval_set.action_names()).value_counts()
+        print(f"{len(self.selected)} samples over {len(per_action)} actions will be run")
+        return frame
+
+    def checkpoint_summary(self) -> pd.DataFrame:
+        info = self.checkpoint_info
+        spec = self.spec
+        rows = [
+            ("weights", self.weights_kind.upper().replace("_", " ") if self.weights_kind == "random_demo"
+             else self.weights_kind),
+            ("path", str(self.checkpoint_path)),
+            ("source", self.checkpoint_source),
+            ("format", info.get("format")),
+            ("sha256", info.get("sha256")),
+            ("epoch", info.get("epoch")),
+            ("model id", info.get("model_id")),
+            ("key remaps", ", ".join(str(r) for r in info.get("remaps") or []) or "none"),
+            ("parameters (loaded)", info.get("num_params")),
+            ("parameters (registry)", spec.num_params),
+            ("input (H, W)", tuple(spec.input_shape)),
+            ("heatmap (H, W) x depth", f"{tuple(spec.output_shape)} x {spec.depth_dim}"),
+            ("normalisation", spec.normalization),
+        ]
+        if self.weights_kind == "random_demo":
+            print("RANDOM DEMO WEIGHTS: every number this run produces is meaningless; "
+                  "it only shows that the pipeline works.")
+        return pd.DataFrame(rows, columns=["item", "value"]).set_index("item")
+
+    def inference_config(self):
+        import torch
+
+        from .engine import InferenceConfig
+
+        p = self.params
+        extra = {}
+        if p.device == "cpu" or (p.device == "auto" and not torch.cuda.is_available()):
+            # On a CPU the network dominates and decoding in the main process costs little; reader
+            # processes would only compete for the same cores and copy the kernel's memory.
+            extra["num_workers"] = 0
+        return InferenceConfig(
+            batch_size=p.batch_size or self.spec.default_batch_size, amp=p.amp, device=p.device,
+            world_size=p.world_size, flip_test=p.flip_test, out_dir=self.output_dir, seed=p.seed, **extra)
+
+    def infer(self) -> pd.DataFrame:
+        """Run the model on the selected samples; writes `<output_dir>/predictions.npz`."""
+        from .engine import run_inference
+
+        self.inference = run_inference(self.spec, self.model, self.eval_set, self.image_paths,
+                                       self.inference_config())
+        rows = {**self.inference["timing"], **self.inference["shards"],
+                "peak_memory_mb": self.inference.get("peak_memory_mb"),
+                "memory_kind": self.inference.get("memory_kind"),
+                "predictions": self.inference["predictions_path"]}
+        return pd.DataFrame(list(rows.items()), columns=["item", "value"]).set_index("item")
+
+    def _extra_blocks(self) -> dict:
+        spec = self.spec
+        info = self.checkpoint_info
+        model_block = {
+            "model_id": spec.model_id, "family": spec.family, "variant": spec.variant,
+            "num_params": info.get("num_params") or spec.num_params,
+            "num_params_incl_buffers": spec.num_params_incl_buffers, "gmacs": spec.gmacs,
+            "input_shape": list(spec.input_shape), "output_shape": list(spec.output_shape),
+            "depth_dim": spec.depth_dim, "paper": dataclasses.asdict(spec.paper),
+        }
+        weights = {"kind": self.weights_kind}
+        if self.weights_kind == "random_demo":
+            weights["note"] = ("random-initialised demo checkpoint" + (" on generated demo data" if self.demo else "")
+                               + ": the numbers say nothing about the model")
+        elif self.weights_kind == "unknown":
+            weights["note"] = "a checkpoint given by path or URL that the registry does not list"
+        checkpoint = {"path": str(self.checkpoint_path), "sha256": info.get("sha256"), "format": info.get("format"),
+                      "epoch": info.get("epoch"), "remaps": info.get("remaps") or [], "source": self.checkpoint_source}
+        inference = self.inference or {}
+        settings = dict(inference.get("settings") or {})
+        settings.update({"image_limit": self.params.image_limit,
+                         "skip_missing_images": self.params.skip_missing_images,
+                         "demo_data": self.demo, "seed": self.params.seed})
+        for key in ("batch_size", "amp", "device", "world_size", "flip_test", "channels_last"):
+            settings.setdefault(key, getattr(self.params, key, None))
+        return {"model": model_block, "weights": weights, "checkpoint": checkpoint,
+                "environment": self.environment_info or env.environment_report(), "settings": settings}
+
+    def evaluate(self) -> pd.DataFrame:
+        """Evaluate the predictions against the ground truth; returns the per-action table (mm)."""
+        from . import evaluate as evaluation
+        from . import report
+
+        if self.inference is None:
+            raise RuntimeError("run.infer() must run before run.evaluate()")
+        start = time.perf_counter()
+        check = self.image_check if self.params.skip_missing_images else None
+        extra = self._extra_blocks()
+        if self.is_root_model:
+            pred = self.inference["predictions"]
+            self.result = evaluation.evaluate_roots(self.test_set, pred["image_id"], pred["root_cam"],
+                                                    allow_partial=self.partial, extra=extra, image_check=check)
+        else:
+            self.result, self.per_sample = evaluation.evaluate(
+                self.test_set, self.inference["predictions_path"], allow_partial=self.partial,
+                flip_test=self.params.flip_test, extra=extra, image_check=check, return_per_sample=True)
+        self.evaluation_s = time.perf_counter() - start
+        print(evaluation.format_table(self.result).split("\n", 1)[0])
+        if self.result.get("official_summary"):
+            print(self.result["official_summary"])
+        return report.per_action_frame(self.result)
+
+    def per_joint_table(self) -> pd.DataFrame:
+        from . import report
+
+        return report.per_joint_frame(self._need_result())
+
+    def _need_result(self) -> dict:
+        if self.result is None:
+            raise RuntimeError("run.evaluate() must run first")
+        return self.result
+
+    def save(self) -> Path:
+        """Write result.json (validated), the per-action/per-joint tables and plots, and for RootNet the
+        bbox_root file that the other notebooks accept as BBOX_ROOT."""
+        from . import report
+        from .atomic import write_json
+        from .result_schema import validate_result
+
+        result = self._need_result()
+        timing = dict((self.inference or {}).get("timing") or {})
+        timing["evaluation_s"] = round(float(self.evaluation_s or 0.0), 4)
+        timing["total_s"] = round(time.perf_counter() - self.started, 4)
+        result["timing"] = {k: (float(v) if isinstance(v, (int, float, np.number)) and not isinstance(v, bool)
+                                else None) for k, v in timing.items()}
+        validate_result(result)
+        self.files["result"] = write_json(self.output_dir / RESULT_FILE_NAME, result)
+        self.files["predictions"] = Path(self.inference["predictions_path"])
+        self.files.update(report.write_model_outputs(result, self.output_dir, spec=self.spec))
+        if self.is_root_model:
+            self.files["bbox_root"] = self._write_bbox_root()
+        print(f"result: {self.files['result']}")
+        return self.files["result"]
+
+    def _write_bbox_root(self) -> Path:
+        from .engine import write_bbox_root_file
+
+        path = self.output_dir / BBOX_ROOT_FILE_NAME
+        pred = self.inference["predictions"]
+        written = write_bbox_root_file(path, pred["image_id"], pred["bbox"], pred["root_cam"])
+        if len(self.selected) < len(self.test_set):
+            print(f"note: {path} covers {len(self.selected)} of {len(self.test_set)} test images; other notebooks "
+                  "accept it as BBOX_ROOT only when it covers the whole test set (run RootNet without IMAGE_LIMIT)")
+        else:
+            print(f"bbox_root for the other notebooks (USE_GT_INFO = False, BBOX_ROOT = this path): {path}")
+        return Path(written)
+
+    def paper_comparison(self) -> pd.DataFrame:
+        from . import report
+
+        return report.paper_comparison(self._need_result(), self.spec)
+
+    def plots(self) -> None:
+        """Show the per-action (and per-joint) error plots."""
+        import matplotlib.pyplot as plt
+
+        from . import report
+
+        result = self._need_result()
+        figures = [report.plot_per_action(result)]
+        if result["kind"] == "pose":
+            figures.append(report.plot_per_joint(result))
+        for fig in figures:
+            _display(fig)
+            plt.close(fig)
+
+    def _sample_order(self) -> np.ndarray:
+        """Evaluated positions (in eval_set) picked from best to worst error, spread over the ranking."""
+        if self.is_root_model:
+            pred = self.inference["predictions"]
+            rows = self._prediction_rows(pred["image_id"])
+            errors = np.linalg.norm(pred["root_cam"][rows] - self.eval_set.gt_root_cam, axis=1)
+        else:
+            frame = self.per_sample.frame().set_index("image_id")
+            errors = frame.loc[self.eval_set.image_id, "mpjpe"].to_numpy()
+        ranking = np.argsort(errors, kind="stable")
+        return _spread(ranking, QUALITATIVE_COUNT), errors
+
+    def _prediction_rows(self, image_ids: np.ndarray) -> np.ndarray:
+        position = {int(i): k for k, i in enumerate(image_ids)}
+        return np.array([position[int(i)] for i in self.eval_set.image_id])
+
+    def qualitative_samples(self, count: int = QUALITATIVE_COUNT):
+        """Best-to-worst samples: the crop with the predicted 2D skeleton (RootNet: the root) and the 3D
+        prediction next to the ground truth. Saved as qualitative_samples.png."""
+        import matplotlib.pyplot as plt
+        from torchvision.io import ImageReadMode, decode_image, read_file
+
+        from . import report
+        from .geometry import camera_to_pixel
+        from .pipeline import crop_images
+
+        result = self._need_result()
+        picks, errors = self._sample_order()
+        picks = picks[:count]
+        es = self.eval_set
+        pred = self.inference["predictions"]
+        rows = self._prediction_rows(pred["image_id"])
+        in_h, in_w = self.spec.input_shape
+        crops, coords_2d, pred_cam, gt_cam, titles = [], [], [], [], []
+        for k in picks:
+            image = decode_image(read_file(str(self.image_paths[k])), mode=ImageReadMode.RGB)
+            crops.append(crop_images([image], es.bbox[k:k + 1], (in_h, in_w))[0])
+            box = es.bbox[k]
+            if self.is_root_model:
+                uv = camera_to_pixel(pred["root_cam"][rows[k]][None], es.f[k], es.c[k])[:, :2]
+                coords_2d.append((uv - box[:2]) / box[2:] * np.array([in_w, in_h]))
+                metric = "root error"
+            else:
+                coords_2d.append(report.heatmap_to_crop_pixels(pred["coords"][rows[k]], self.spec.output_shape,
+                                                               self.spec.input_shape))
+                pos = int(np.flatnonzero(self.per_sample.image_id == es.image_id[k])[0])
+                pred_cam.append(self.per_sample.pred_cam[pos])
+                gt_cam.append(es.joint_cam[k])
+                metric = "MPJPE"
+            titles.append(f"image {es.image_id[k]} ({es.action_names()[k]}): {metric} {errors[k]:.1f} mm")
+        fig = report.plot_qualitative_samples(
+            crops, coords_2d, pred_cam=None if self.is_root_model else pred_cam,
+            gt_cam=None if self.is_root_model else gt_cam, titles=titles, result=result)
+        if self.is_root_model:
+            for ax in fig.axes:  # a single root point and no skeleton: make the point visible
+                for points in ax.collections:
+                    points.set_sizes([80])
+        self.files["qualitative_png"] = report.save_figure(fig, self.output_dir / QUALITATIVE_FILE_NAME)
+        _display(fig)
+        plt.close(fig)
+
+    def files_table(self) -> pd.DataFrame:
+        rows = []
+        for name, path in self.files.items():
+            path = Path(path)
+            rows.append((name, str(path), round(path.stat().st_size / 1024, 1) if path.exists() else None))
+        print(f"outputs of {self.model_id}: {self.output_dir}")
+        return pd.DataFrame(rows, columns=["file", "path", "KiB"]).set_index("file")
+
+    def run_all(self) -> dict:
+        """Every step after `prepare`, displaying each table (used by the widgets' Run button)."""
+        for step in (self.environment, self.data_summary, self.checkpoint_summary, self.infer, self.evaluate):
+            _display(step())
+        self.save()
+        _display(self.paper_comparison())
+        self.plots()
+        self.qualitative_samples()
+        _display(self.files_table())
+        return self.result
+
+
+def environment_table() -> pd.DataFrame:
+    """The environment report before a run exists (first cells of a notebook)."""
+    report = env.environment_report()
+    for warning in report["warnings"]:
+        print(f"WARNING: {warning}")
+    return env.environment_frame(report)
+
+
+# ----------------------------------------------------------------------------------------------- prepare
+def _find_real_annotations(roots: list[Path]) -> tuple[Path, Path] | None:
+    from .h36m import find_annotation_dir
+
+    for root in roots:
+        try:
+            return root, find_annotation_dir(root)
+        except DataError:
+            continue
+    return None
+
+
+def _resolve_data(params: RunParams, cache_dir: Path, demo: bool) -> tuple[Path, Path, str | None]:
+    """(data root, annotation folder, default bbox_root file of the data) for this run."""
+    from .h36m import find_annotation_dir
+
+    if demo:
+        root = ensure_demo_data(cache_dir, seed=params.seed)
+        return root, find_annotation_dir(root), str(root / BBOX_ROOT_FILE_NAME)
+    if params.data_root is not None:
+        root = Path(params.data_root).expanduser()
+        if not root.is_dir():
+            raise DataError(f"DATA_ROOT {root} does not exist or is not a folder; set DATA_ROOT to the folder "
+                            "holding the Human3.6M annotations and images (or a folder above them), or None to "
+                            "search the input roots")
+        try:
+            return root, find_annotation_dir(root), None
+        except DataError as exc:
+            raise DataError(f"DATA_ROOT {root}: {exc}") from None
+    roots = env.default_input_roots()
+    found = _find_real_annotations(roots)
+    if found is None:
+        searched = ", ".join(str(r) for r in roots) or "none exists (no /kaggle/input, no <repo>/data)"
+        raise DataError(f"no Human3.6M annotations (Human36M_subject*_data.json) under the input roots: {searched}; "
+                        "set DATA_ROOT, attach the dataset, or set DEMO = \"auto\"/True to run the demo")
+    return found[0], found[1], None
+
+
+def _registry_file_names(spec) -> set[str]:
+    return {source.file_name for source in spec.checkpoints}
+
+
+def _weights_kind(given: str | None, path: Path, spec) -> str:
+    """"released" for the registry's files (found by name, or its Drive ids), "unknown" for anything else."""
+    if given is None or path.name in _registry_file_names(spec):
+        return "released"
+    drive_ids = {i for s in spec.checkpoints for i in (s.drive_id, s.drive_folder) if i}
+    return "released" if any(i in given for i in drive_ids) else "unknown"
+
+
+def _registry_download_source(spec) -> str | None:
+    """The registry's download for a model: a Drive file, else its Drive folder, else a URL."""
+    for source in spec.checkpoints:
+        if source.drive_id:
+            return f"drive:{source.drive_id}"
+        if source.drive_folder:
+            return f"drive-folder:{source.drive_folder}"
+        if source.url:
+            return source.url
+    return None
+
+
+def _acquire(params: RunParams, spec, cache_dir: Path, search_roots: list[Path]) -> tuple[Path, str]:
+    """A checkpoint from CHECKPOINT, else found under the search roots, else the registry's download."""
+    from .acquire import AcquireError, acquire_checkpoint
+
+    downloads = cache_dir / "checkpoints"
+    if params.checkpoint is not None:
+        return Path(acquire_checkpoint(params.checkpoint, model_id=spec.model_id, cache_dir=downloads,
+                                       search_roots=search_roots)), params.checkpoint
+    try:
+        return Path(acquire_checkpoint(None, model_id=spec.model_id, search_roots=search_roots)), \
+            f"found under {', '.join(str(r) for r in search_roots)}"
+    except AcquireError as not_found:
+        download = _registry_download_source(spec)
+        if download is None:
+            raise AcquireError(f"{not_found}; the registry lists no download for {spec.model_id}"
+                               + (f" ({spec.notes})" if spec.notes else "")) from None
+        print(f"{spec.model_id}: no checkpoint under the inputs; downloading {download} ...")
+        return Path(acquire_checkpoint(download, model_id=spec.model_id, cache_dir=downloads)), download
+
+
+def _resolve_checkpoint(params: RunParams, spec, cache_dir: Path, demo: bool, data_root: Path,
+                        notes: list[str]) -> tuple[Path, str, str]:
+    """(checkpoint path, where it came from, weights kind)."""
+    if demo:
+        return ensure_demo_checkpoint(cache_dir, spec.model_id, params.seed), "demo (random-initialised)", "random_demo"
+    from .acquire import AcquireError
+    from .models.checkpoint import CheckpointError
+
+    search_roots = list(dict.fromkeys([*env.default_input_roots(), data_root]))
+    try:
+        path, source = _acquire(params, spec, cache_dir, search_roots)
+    except (AcquireError, CheckpointError) as exc:
+        if params.checkpoint is not None or params.demo is False:
+            advice = "" if params.checkpoint is not None else (
+                "; set CHECKPOINT to a path, URL or Drive id, or DEMO = \"auto\" to run with random demo weights")
+            raise CheckpointUnavailable(f"no checkpoint for {spec.model_id}: {exc}{advice}") from None
+        notes.append(f"no checkpoint for {spec.model_id} could be found or downloaded ({exc}); "
+                     "running with RANDOM DEMO WEIGHTS")
+        return ensure_demo_checkpoint(cache_dir, spec.model_id, params.seed), "demo (random-initialised)", "random_demo"
+    return path, source, _weights_kind(params.checkpoint, path, spec)
+
+
+def prepare(params: RunParams) -> Run:
+    """Check everything a run needs, before any inference; raise a clear error on the first problem."""
+    from .h36m import check_images, load_test_set
+    from .models import get_spec, load_checkpoint
+
+    started = time.perf_counter()
+    spec = get_spec(params.model_id)
+    cache_dir = Path(params.cache_dir).expanduser() if params.cache_dir else env.default_cache_dir()
+    notes: list[str] = []
+    if params.demo == "auto" and params.data_root is None and params.checkpoint is None:
+        demo = _find_real_annotations(env.default_input_roots()) is None
+        if demo:
+            notes.append("no real data under the input roots: DEMO mode (generated data, random demo weights)")
+    else:
+        demo = params.demo is True
+    data_root, annotation_dir, demo_bbox_root = _resolve_data(params, cache_dir, demo)
+
+    bbox_root = None
+    if not params.use_gt_info:
+        bbox_root = params.bbox_root or demo_bbox_root
+        if bbox_root is None:
+            raise ConfigError("USE_GT_INFO = False needs BBOX_ROOT: a RootNet-format bbox_root file (rootnet.ipynb "
+                              "writes one) with a box and root for every test image")
+        if not Path(bbox_root).is_file():
+            raise DataError(f"BBOX_ROOT {bbox_root} does not exist; run rootnet.ipynb first (it writes "
+                            f"<OUTPUT_DIR>/rootnet/{BBOX_ROOT_FILE_NAME}) or point BBOX_ROOT at a RootNet output file")
+    test_set = load_test_set(annotation_dir, protocol=params.protocol, bbox_root=bbox_root)
+
+    if params.image_limit is None:
+        image_check = check_images(test_set, [data_root], skip_missing=params.skip_missing_images)
+        selected = image_check.kept_indices
+    else:
+        image_check = check_images(test_set, [data_root], skip_missing=True)
+        candidates = image_check.kept_indices if params.skip_missing_images else np.arange(len(test_set))
+        selected = _spread(candidates, params.image_limit)
+        missing = [image_check.paths[i] for i in selected if i not in set(image_check.kept_indices.tolist())]
+        if missing:
+            raise DataError(f"{len(missing)} of the {len(selected)} selected test images are missing (first: "
+                            f"{', '.join(str(p) for p in missing[:3])}); complete the image folders or set "
+                            "SKIP_MISSING_IMAGES = True to run the images that exist and record the others")
+    image_paths = [image_check.paths[i] for i in selected]
+
+    checkpoint_path, source, weights_kind = _resolve_checkpoint(params, spec, cache_dir, demo, data_root, notes)
+    model, info = load_checkpoint(checkpoint_path, model_id=spec.model_id)
+    info = info.to_dict()
+    if info.get("is_random_demo") and weights_kind != "random_demo":
+        notes.append(f"{checkpoint_path} is a random-initialised demo checkpoint: RANDOM DEMO WEIGHTS")
+        weights_kind = "random_demo"
+    output_root = Path(params.output_dir).expanduser() if params.output_dir else env.default_output_dir()
+    output_dir = output_root / spec.model_id
+    run = Run(params=params, spec=spec, demo=demo, data_root=data_root, annotation_dir=annotation_dir,
+              test_set=test_set, image_check=image_check, selected=np.asarray(selected), image_paths=image_paths,
+              checkpoint_path=checkpoint_path, checkpoint_source=source, weights_kind=weights_kind, model=model,
+              checkpoint_info=info, output_dir=output_dir, notes=notes, started=started)
+    for note in notes:
+        print(f"NOTE: {note}")
+    print(f"{spec.model_id}: {len(selected)} of {len(test_set)} protocol-{params.protocol} test samples, "
+          f"checkpoint {checkpoint_path.name} ({weights_kind}), outputs -> {output_dir}")
+    return run
+
+
+def run_notebook(params: RunParams) -> Run:
+    """`prepare` plus every step, as the notebooks do it; for the widgets and scripts."""
+    run = prepare(params)
+    run.run_all()
+    return run
