@@ -302,7 +302,8 @@ def evaluate(test_set: TestSet, predictions: dict | str | os.PathLike, *, allow_
 
 
 def evaluate_roots(test_set: TestSet, image_id, root_cam_pred, *, allow_partial: bool = False,
-                   extra: dict | None = None, image_check: ImageCheck | None = None) -> dict:
+                   flip_test: bool | None = None, extra: dict | None = None,
+                   image_check: ImageCheck | None = None) -> dict:
     """MRPE of predicted roots (N, 3) camera mm against the ground-truth Pelvis (kind "root")."""
     image_id = np.asarray(image_id)
     root_cam_pred = np.asarray(root_cam_pred, dtype=np.float64)
@@ -319,7 +320,8 @@ def evaluate_roots(test_set: TestSet, image_id, root_cam_pred, *, allow_partial:
                                              "root predictions")
     ts = test_set.subset(test_rows)
     errs = metrics.root_errors(root_cam_pred[pred_rows], ts.gt_root_cam)
-    conventions = replace(conventions_for(test_set.protocol, detected=test_set.bbox_source == "detected"),
+    conventions = replace(conventions_for(test_set.protocol, detected=test_set.bbox_source == "detected",
+                                          flip_test=flip_test),
                           root_source="evaluated (model output)")
     result = _base_result("root", test_set, len(ts), unexcused, conventions, image_check)
     block = metrics.mrpe(root_cam_pred[pred_rows], ts.gt_root_cam)

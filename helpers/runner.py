@@ -121,6 +121,8 @@ def _optional_path(value) -> str | None:
     return str(value)
 
 
+CPU_DEFAULT_BATCH_SIZE = 16  # used on CPU when BATCH_SIZE is None
+
 @dataclass
 class RunParams:
     """The notebook parameters (papermill overrides them); see the notebooks' parameters cell."""
@@ -338,12 +340,15 @@ class Run:
 
         p = self.params
         extra = {}
+        batch_size = p.batch_size or self.spec.default_batch_size
         if p.device == "cpu" or (p.device == "auto" and not torch.cuda.is_available()):
             # On a CPU the network dominates and decoding in the main process costs little; reader
             # processes would only compete for the same cores and copy the kernel's memory.
             extra["num_workers"] = 0
+            # The GPU defaults hold 2x64 flipped crops and their 64^3 heatmaps: gigabytes on a CPU.
+            batch_size = p.batch_size or min(batch_size, CPU_DEFAULT_BATCH_SIZE)
         return InferenceConfig(
-            batch_size=p.batch_size or self.spec.default_batch_size, amp=p.amp, device=p.device,
+            batch_size=batch_size, amp=p.amp, device=p.device,
             world_size=p.world_size, flip_test=p.flip_test, out_dir=self.output_dir, seed=p.seed, **extra)
 
     def infer(self) -> pd.DataFrame:
@@ -399,7 +404,9 @@ class Run:
         if self.is_root_model:
             pred = self.inference["predictions"]
             self.result = evaluation.evaluate_roots(self.test_set, pred["image_id"], pred["root_cam"],
-                                                    allow_partial=self.partial, extra=extra, image_check=check)
+                                                    allow_partial=self.partial,
+                                                    flip_test=bool(self.inference["settings"]["flip_test"]),
+                                                    extra=extra, image_check=check)
         else:
             self.result, self.per_sample = evaluation.evaluate(
                 self.test_set, self.inference["predictions_path"], allow_partial=self.partial,
