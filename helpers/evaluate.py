@@ -18,7 +18,7 @@ import pandas as pd
 
 from . import metrics
 from .atomic import write_json
-from .geometry import heatmap_to_camera
+from .geometry import DEPTH_EXTENT_MM, heatmap_to_camera
 from .h36m import DataError, ImageCheck, TestSet, load_test_set
 from .protocol import (ACTION_NAMES, EVAL_JOINT_NAMES, EVAL_JOINTS, NUM_JOINTS, ROOT_JOINT, THORAX,
                        conventions_for, get_protocol)
@@ -54,7 +54,8 @@ def _scalar(value):
 
 def validate_predictions(pred: dict, source: str = "predictions") -> dict:
     """Check an in-memory predictions dict (the `predictions.npz` schema) and return a normalised copy:
-    `image_id` int64 (N,), `coords` float64 (N, 18, 3), `output_shape` (H, W) ints, `depth_dim` int."""
+    `image_id` int64 (N,), `coords` float64 (N, 18, 3), `output_shape` (H, W) ints, `depth_dim` int, and
+    when present `depth_extent_mm` float, `input_shape` (H, W) ints and `bbox` (N, 4) float64 crop boxes."""
     missing = [k for k in ("image_id", "coords", "output_shape", "depth_dim") if k not in pred]
     if missing:
         raise PredictionError(f"{source} lacks {', '.join(missing)}; a predictions file holds image_id (N,), "
@@ -91,9 +92,27 @@ def validate_predictions(pred: dict, source: str = "predictions") -> dict:
     depth_dim = np.asarray(pred["depth_dim"])
     if depth_dim.ndim != 0 or depth_dim.dtype.kind not in "iu" or depth_dim <= 0:
         raise PredictionError(f"{source}: depth_dim must be one positive integer, got {depth_dim!r}")
-    out = {k: _scalar(v) for k, v in pred.items() if k not in ("image_id", "coords", "output_shape", "depth_dim")}
+    checked = ("image_id", "coords", "output_shape", "depth_dim", "depth_extent_mm", "input_shape", "bbox")
+    out = {k: _scalar(v) for k, v in pred.items() if k not in checked}
     out.update(image_id=image_id, coords=coords.astype(np.float64),
                output_shape=(int(output_shape[0]), int(output_shape[1])), depth_dim=int(depth_dim))
+    if "depth_extent_mm" in pred:
+        extent = np.asarray(pred["depth_extent_mm"])
+        if extent.ndim != 0 or extent.dtype.kind not in "iuf" or not np.isfinite(extent) or extent <= 0:
+            raise PredictionError(f"{source}: depth_extent_mm must be one positive number (the mm the depth bins "
+                                  f"span), got {extent!r}")
+        out["depth_extent_mm"] = float(extent)
+    if "input_shape" in pred:
+        input_shape = np.asarray(pred["input_shape"])
+        if input_shape.shape != (2,) or input_shape.dtype.kind not in "iu" or (input_shape <= 0).any():
+            raise PredictionError(f"{source}: input_shape must be two positive integers (H, W), got {input_shape!r}")
+        out["input_shape"] = (int(input_shape[0]), int(input_shape[1]))
+    if "bbox" in pred:
+        bbox = np.asarray(pred["bbox"])
+        if bbox.shape != (coords.shape[0], 4) or bbox.dtype.kind != "f":
+            raise PredictionError(f"{source}: bbox must hold one [x, y, w, h] crop box per row, shape "
+                                  f"({coords.shape[0]}, 4), got {bbox.dtype} {bbox.shape}")
+        out["bbox"] = bbox.astype(np.float64)
     return out
 
 
@@ -211,6 +230,7 @@ def _base_result(kind: str, test_set: TestSet, num_samples: int, unexcused: np.n
     if image_check is not None and image_check.num_missing:
         result["skipped_images"] = image_check.skipped_block(FIRST_IDS_RECORDED)
     result["conventions"] = conventions.to_dict()
+    result["conventions"]["crop_aspect_ratio"] = float(test_set.aspect_ratio)
     result["annotations"] = {"dir": str(test_set.annotation_dir), "subjects": [int(s) for s in test_set.subjects],
                              "bbox_root_file": None if test_set.bbox_root_file is None else str(test_set.bbox_root_file)}
     return result
@@ -251,25 +271,68 @@ class PerSample:
         return df
 
 
+def _depth_extent(pred: dict, depth_extent_mm: float | None) -> float:
+    """The depth range the bins span: the argument, else the predictions' own, else 3DMPPE's 2000 mm."""
+    recorded = pred.get("depth_extent_mm")
+    if depth_extent_mm is None:
+        return DEPTH_EXTENT_MM if recorded is None else float(recorded)
+    depth_extent_mm = float(depth_extent_mm)
+    if not (np.isfinite(depth_extent_mm) and depth_extent_mm > 0):
+        raise ValueError(f"depth_extent_mm must be a positive number, got {depth_extent_mm}")
+    if recorded is not None and not np.isclose(recorded, depth_extent_mm):
+        raise PredictionError(f"the predictions record depth_extent_mm {recorded:g} but {depth_extent_mm:g} was "
+                              "asked for; decode them with the extent of the model that made them")
+    return depth_extent_mm
+
+
+def _check_crops(test_set: TestSet, pred: dict, test_rows: np.ndarray, pred_rows: np.ndarray) -> None:
+    """Heatmap coordinates only mean something in the crop they were made in: the test set's boxes must be
+    the boxes the predictions were made on (box source and aspect ratio)."""
+    if "input_shape" in pred:
+        in_h, in_w = pred["input_shape"]
+        if not np.isclose(in_w / in_h, test_set.aspect_ratio, rtol=1e-6):
+            raise PredictionError(
+                f"the predictions come from a {in_h}x{in_w} (H x W) input, aspect ratio {in_w / in_h:.4g}, but the "
+                f"test set's boxes have aspect ratio {test_set.aspect_ratio:.4g}; load the test set with "
+                f"load_test_set(..., aspect_ratio={in_w / in_h:.6g}) (rescore: --aspect-ratio)")
+    if "bbox" in pred:
+        made_on = pred["bbox"][pred_rows]
+        here = test_set.bbox[test_rows]
+        differs = ~np.isclose(made_on, here, rtol=1e-6, atol=1e-3).all(axis=1)
+        if differs.any():
+            first = int(test_set.image_id[test_rows][differs][0])
+            raise PredictionError(
+                f"{int(differs.sum())} predictions were made on other crop boxes than this test set's (first image "
+                f"id {first}); the box source (ground truth or a bbox_root file) or the aspect ratio differs from "
+                "the inference run: load the test set as that run did")
+
+
 def evaluate(test_set: TestSet, predictions: dict | str | os.PathLike, *, allow_partial: bool = False,
              flip_test: bool | None = None, extra: dict | None = None, image_check: ImageCheck | None = None,
-             return_per_sample: bool = False):
+             return_per_sample: bool = False, depth_extent_mm: float | None = None,
+             protocol_note: str | None = None):
     """Evaluate heatmap predictions on `test_set` and return the result dict (helpers/README.md, kind "pose").
 
     Rows are matched by image_id. Every test sample needs a prediction unless `allow_partial`
     (then `partial` and `missing` record the gap) or its image was skipped by `image_check`
     (`check_images(..., skip_missing=True)`, recorded as `skipped_images`). `extra` adds the optional
     blocks (model, weights, timing, ...). With `return_per_sample`, returns (result, PerSample).
+    Depth bins span `depth_extent_mm` (`ModelSpec.depth_extent_mm`), else the predictions'
+    `depth_extent_mm`, else 2000 mm. Predictions that record their crop boxes (`bbox`) or `input_shape`
+    must match the test set's boxes. `protocol_note` (`ModelSpec.protocol_note`) is stored in the
+    conventions: the model's own protocol differs, so its numbers are not Protocol 1/2 paper numbers.
     """
     pred = load_predictions(predictions) if isinstance(predictions, (str, os.PathLike)) else \
         validate_predictions(predictions)
     excused = _skipped_ids(test_set, image_check)
     test_rows, pred_rows, unexcused = _match(test_set, pred["image_id"], allow_partial, excused, "predictions")
+    _check_crops(test_set, pred, test_rows, pred_rows)
+    extent = _depth_extent(pred, depth_extent_mm)
     ts = test_set.subset(test_rows)
     coords = pred["coords"][pred_rows]
 
     pred_cam = heatmap_to_camera(coords, ts.bbox, ts.root_cam[:, 2], ts.f, ts.c,
-                                 pred["output_shape"], pred["depth_dim"])
+                                 pred["output_shape"], pred["depth_dim"], extent)
     pred_rel18 = pred_cam - pred_cam[:, ROOT_JOINT:ROOT_JOINT + 1]
     gt_rel18 = ts.joint_cam - ts.joint_cam[:, ROOT_JOINT:ROOT_JOINT + 1]
     pred_rel, gt_rel = pred_rel18[:, :EVAL_JOINTS], gt_rel18[:, :EVAL_JOINTS]
@@ -288,12 +351,15 @@ def evaluate(test_set: TestSet, predictions: dict | str | os.PathLike, *, allow_
         flip_test = pred["flip_test"]
     conventions = conventions_for(spec.number, detected=test_set.bbox_source == "detected", flip_test=flip_test)
     result = _base_result("pose", test_set, len(ts), unexcused, conventions, image_check)
+    result["conventions"]["depth_extent_mm"] = extent
+    if protocol_note:
+        result["conventions"]["protocol_note"] = str(protocol_note)
     result["metrics"] = {name: _summarise_joint_errors(err, ts.action_index, ts.subject)
                          for name, err in errors.items()}
     headline = spec.headline_metric
     result["headline"] = {"metric": headline, "value": result["metrics"][headline]["total"]}
     result["predictions"] = {"file": pred.get("file"), "output_shape": list(pred["output_shape"]),
-                             "depth_dim": pred["depth_dim"]}
+                             "depth_dim": pred["depth_dim"], "depth_extent_mm": extent}
     result["official_summary"] = official_summary(result["metrics"][headline], headline)
     result = _finish(result, extra)
     if not return_per_sample:
@@ -380,20 +446,49 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--bbox-root", default=None,
                    help="RootNet-format file with detected boxes and roots (default: ground-truth box and root)")
     p.add_argument("--protocol", type=int, choices=(1, 2), default=2)
+    p.add_argument("--aspect-ratio", type=float, default=None,
+                   help="the model's input width / height the crop boxes were padded to (default: from the "
+                        "predictions' input_shape or model_id, else 1)")
+    p.add_argument("--depth-extent-mm", type=float, default=None,
+                   help="mm the depth bins span (default: from the predictions' depth_extent_mm or model_id, else 2000)")
     p.add_argument("--allow-partial", action="store_true",
                    help="evaluate even if some test samples have no prediction (recorded as partial)")
     p.add_argument("--out", required=True, help="result.json to write (atomically)")
     return p
 
 
+def model_decode_settings(pred: dict) -> tuple[float | None, float | None, str | None]:
+    """(aspect ratio, depth extent mm, protocol note) the predictions' own fields or their registry model
+    imply; None where neither says."""
+    from .models.registry import MODEL_REGISTRY
+
+    spec = MODEL_REGISTRY.get(pred.get("model_id")) if isinstance(pred.get("model_id"), str) else None
+    aspect = extent = None
+    if "input_shape" in pred:
+        aspect = pred["input_shape"][1] / pred["input_shape"][0]
+    elif spec is not None:
+        aspect = spec.aspect_ratio
+    if "depth_extent_mm" in pred:
+        extent = pred["depth_extent_mm"]
+    elif spec is not None:
+        extent = spec.depth_extent_mm
+    return aspect, extent, (spec.protocol_note or None) if spec is not None else None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        test_set = load_test_set(args.annotations, protocol=args.protocol, bbox_root=args.bbox_root)
-        result = evaluate(test_set, args.predictions, allow_partial=args.allow_partial)
+        pred = load_predictions(args.predictions)
+        aspect, extent, note = model_decode_settings(pred)
+        aspect = args.aspect_ratio if args.aspect_ratio is not None else (aspect or 1.0)
+        extent = args.depth_extent_mm if args.depth_extent_mm is not None else extent
+        test_set = load_test_set(args.annotations, protocol=args.protocol, bbox_root=args.bbox_root,
+                                 aspect_ratio=aspect)
+        result = evaluate(test_set, pred, allow_partial=args.allow_partial, depth_extent_mm=extent,
+                          protocol_note=note)
         print(format_table(result))
         write_json(args.out, result)
-    except (DataError, PredictionError, OSError) as exc:
+    except (DataError, PredictionError, OSError, ValueError) as exc:
         print(f"rescore failed: {exc}", file=sys.stderr)
         return 1
     print(f"wrote {args.out}")

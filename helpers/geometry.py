@@ -69,6 +69,25 @@ def process_bbox(bbox, width: float, height: float, aspect_ratio: float = 1.0) -
     return out[0] if valid[0] else None
 
 
+def fit_boxes_to_aspect(bboxes, aspect_ratio: float) -> np.ndarray:
+    """(N, 4) processed boxes -> the largest box of `aspect_ratio` (width / height) inside each, same centre.
+
+    For detected boxes, which RootNet stores already processed for a square input: the square cannot tell
+    the person's original extent, and the inscribed box is what `process_bboxes` gives at that aspect
+    ratio whenever the person's box was no wider than the aspect ratio allows (a standing person at 3:4);
+    a wider person loses the sides of the crop, never the scale.
+    """
+    b = _as_float(bboxes, "bboxes")
+    if b.ndim != 2 or b.shape[1] != 4:
+        raise ValueError(f"bboxes must have shape (N, 4), got {b.shape}")
+    if not aspect_ratio > 0:
+        raise ValueError(f"aspect_ratio must be positive, got {aspect_ratio}")
+    x, y, w, h = b.T
+    out_w = np.minimum(w, h * aspect_ratio)
+    out_h = np.minimum(h, w / aspect_ratio)
+    return np.stack([x + (w - out_w) / 2.0, y + (h - out_h) / 2.0, out_w, out_h], axis=1)
+
+
 def world_to_camera(X, R, t) -> np.ndarray:
     """X_cam = R . X_world + t. X (..., 3); R (3, 3) and t (3,), or per sample R (N, 3, 3), t (N, 3)."""
     X = _as_float(X, "X")

@@ -16,7 +16,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from .geometry import process_bboxes, world_to_camera
+from .geometry import fit_boxes_to_aspect, process_bboxes, world_to_camera
 from .protocol import (ACTION_NAMES, FIRST_ACTION_IDX, L_SHOULDER, R_SHOULDER,
                        get_protocol)
 
@@ -142,8 +142,8 @@ class TestSet:
     """The evaluated samples of one protocol, in annotation order (subject by subject).
 
     `bbox` is the box the pipeline and evaluation use: the processed ground-truth box, or the
-    detected box as is. `root_cam` is the root that places the prediction in depth (ground truth or
-    detected); `gt_root_cam` is always the ground-truth Pelvis (for MRPE).
+    detected box (fitted to `aspect_ratio` when that is not 1). `root_cam` is the root that places the
+    prediction in depth (ground truth or detected); `gt_root_cam` is always the ground-truth Pelvis (for MRPE).
     """
 
     protocol: int
@@ -168,6 +168,7 @@ class TestSet:
     subjects: tuple[int, ...] = ()
     bbox_root_file: Path | None = None
     dropped_empty_boxes: list[int] = field(default_factory=list)  # image ids whose GT box was empty
+    aspect_ratio: float = 1.0  # width / height of every box in `bbox`: the model's input aspect ratio
 
     def __len__(self) -> int:
         return len(self.image_id)
@@ -334,13 +335,20 @@ def _load_subject(annotation_dir: Path, subject: int, stride: int) -> dict:
 
 def load_test_set(annotation_dir: str | os.PathLike, protocol: int = 2,
                   bbox_root: str | os.PathLike | BBoxRoot | None = None,
-                  subjects: Sequence[int] | None = None) -> TestSet:
+                  subjects: Sequence[int] | None = None, aspect_ratio: float = 1.0) -> TestSet:
     """Load the protocol's test samples (`frame_idx % 64 == 0`) from the 3DMPPE annotation files.
 
     `annotation_dir` may also be any folder above it (see `find_annotation_dir`). Without `bbox_root`
     the processed ground-truth boxes and GT roots are used (samples with an empty box are dropped);
     with it, the detected boxes and roots, which must cover every test image.
+    `aspect_ratio` is the model's input width / height (`ModelSpec.aspect_ratio`, 0.75 for 384x288):
+    ground-truth boxes are padded to it around their centre (SPEC §4 step 1); detected boxes, square in
+    RootNet files, become the largest box of that aspect ratio inside them, same centre
+    (`geometry.fit_boxes_to_aspect`).
     """
+    aspect_ratio = float(aspect_ratio)
+    if not (np.isfinite(aspect_ratio) and aspect_ratio > 0):
+        raise ValueError(f"aspect_ratio must be a positive number (input width / height), got {aspect_ratio}")
     spec = get_protocol(protocol)
     subjects = tuple(int(s) for s in (spec.test_subjects if subjects is None else subjects))
     annotation_dir = Path(annotation_dir)
@@ -362,7 +370,7 @@ def load_test_set(annotation_dir: str | os.PathLike, protocol: int = 2,
     dropped: list[int] = []
     bbox_root_file = None
     if bbox_root is None:
-        bbox, valid = process_bboxes(cat["gt_bbox"], cat["width"], cat["height"])
+        bbox, valid = process_bboxes(cat["gt_bbox"], cat["width"], cat["height"], aspect_ratio)
         dropped = [int(i) for i in cat["image_id"][~valid]]
         root_cam = gt_root
         source = "ground_truth"
@@ -376,6 +384,8 @@ def load_test_set(annotation_dir: str | os.PathLike, protocol: int = 2,
                             f"{spec.number} test images (first ids {_first(lacking)}); use the RootNet output "
                             "made for this protocol's test set, or evaluate with ground-truth boxes")
         bbox, root_cam, valid = table.bbox[pos], table.root_cam[pos], np.ones(len(pos), bool)
+        if aspect_ratio != 1.0:
+            bbox = fit_boxes_to_aspect(bbox, aspect_ratio)
         source = "detected"
 
     keep = np.flatnonzero(valid)
@@ -389,7 +399,7 @@ def load_test_set(annotation_dir: str | os.PathLike, protocol: int = 2,
         bbox=bbox[keep], root_cam=np.asarray(root_cam, dtype=np.float64)[keep], joint_cam=arrays["joint_cam"],
         f=arrays["f"], c=arrays["c"], bbox_source=source, annotation_dir=annotation_dir,
         gt_root_cam=gt_root[keep], gt_bbox=arrays["gt_bbox"], subjects=subjects,
-        bbox_root_file=bbox_root_file, dropped_empty_boxes=dropped,
+        bbox_root_file=bbox_root_file, dropped_empty_boxes=dropped, aspect_ratio=aspect_ratio,
     )
 
 

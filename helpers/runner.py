@@ -327,6 +327,8 @@ class Run:
             ("input (H, W)", tuple(spec.input_shape)),
             ("heatmap (H, W) x depth", f"{tuple(spec.output_shape)} x {spec.depth_dim}"),
             ("normalisation", spec.normalization),
+            ("crop aspect (W/H)", round(spec.aspect_ratio, 6)),
+            ("depth extent (mm)", spec.depth_extent_mm),
         ]
         if self.weights_kind == "random_demo":
             print("RANDOM DEMO WEIGHTS: every number this run produces is meaningless; "
@@ -357,11 +359,26 @@ class Run:
 
         self.inference = run_inference(self.spec, self.model, self.eval_set, self.image_paths,
                                        self.inference_config())
+        if not self.is_root_model:
+            self._record_decode_facts()
         rows = {**self.inference["timing"], **self.inference["shards"],
                 "peak_memory_mb": self.inference.get("peak_memory_mb"),
                 "memory_kind": self.inference.get("memory_kind"),
                 "predictions": self.inference["predictions_path"]}
         return pd.DataFrame(list(rows.items()), columns=["item", "value"]).set_index("item")
+
+    def _record_decode_facts(self) -> None:
+        """Make predictions.npz self-describing for `rescore`: the input shape (crop aspect ratio) and the depth
+        extent its heatmap units need. Added (atomically) only when the engine did not write them."""
+        from .atomic import save_npz
+
+        pred = self.inference["predictions"]
+        facts = {"input_shape": np.array(self.spec.input_shape, dtype=np.int64),
+                 "depth_extent_mm": np.array(self.spec.depth_extent_mm, dtype=np.float64)}
+        missing = {k: v for k, v in facts.items() if k not in pred}
+        if missing:
+            pred.update(missing)
+            save_npz(self.inference["predictions_path"], **pred)
 
     def _extra_blocks(self) -> dict:
         spec = self.spec
@@ -410,7 +427,8 @@ class Run:
         else:
             self.result, self.per_sample = evaluation.evaluate(
                 self.test_set, self.inference["predictions_path"], allow_partial=self.partial,
-                flip_test=self.params.flip_test, extra=extra, image_check=check, return_per_sample=True)
+                flip_test=self.params.flip_test, extra=extra, image_check=check, return_per_sample=True,
+                depth_extent_mm=self.spec.depth_extent_mm, protocol_note=self.spec.protocol_note or None)
         self.evaluation_s = time.perf_counter() - start
         print(evaluation.format_table(self.result).split("\n", 1)[0])
         if self.result.get("official_summary"):
@@ -465,7 +483,13 @@ class Run:
     def paper_comparison(self) -> pd.DataFrame:
         from . import report
 
-        return report.paper_comparison(self._need_result(), self.spec)
+        table = report.paper_comparison(self._need_result(), self.spec)
+        if self.spec.protocol_note and "grade" in table:
+            # No published number measures this model under Protocol 1/2; never grade it against one.
+            reason = f"n/a: {self.spec.protocol_note.split(':')[0]} uses another protocol (crop, split)"
+            table["grade"] = [reason + ("; random demo weights" if "random demo" in str(grade) else "")
+                              for grade in table["grade"]]
+        return table
 
     def plots(self) -> None:
         """Show the per-action (and per-joint) error plots."""
@@ -700,7 +724,11 @@ def prepare(params: RunParams) -> Run:
         if not Path(bbox_root).is_file():
             raise DataError(f"BBOX_ROOT {bbox_root} does not exist; run rootnet.ipynb first (it writes "
                             f"<OUTPUT_DIR>/rootnet/{BBOX_ROOT_FILE_NAME}) or point BBOX_ROOT at a RootNet output file")
-    test_set = load_test_set(annotation_dir, protocol=params.protocol, bbox_root=bbox_root)
+    # Boxes padded to the model's input aspect ratio (3:4 for a 384x288 input), so crops are not distorted.
+    test_set = load_test_set(annotation_dir, protocol=params.protocol, bbox_root=bbox_root,
+                             aspect_ratio=spec.aspect_ratio)
+    if spec.protocol_note:
+        notes.append(spec.protocol_note)
 
     if params.image_limit is None:
         image_check = check_images(test_set, [data_root], skip_missing=params.skip_missing_images)

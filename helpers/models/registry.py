@@ -57,6 +57,22 @@ class ModelSpec:
     checkpoints: tuple[CheckpointSource, ...] = ()
     default_batch_size: int = 64
     notes: str = ""
+    # (W, H, D) mm of the 3D box around the root. D is the depth range the depth bins span (+-D/2 around
+    # the root); W:H is what the crop's aspect ratio stands for. 3DMPPE: 2000 mm cube.
+    bbox_3d_mm: tuple[float, float, float] = (2000.0, 2000.0, 2000.0)
+    # Non-empty when the model was trained and scored under another protocol (crop, split): its numbers
+    # are then not comparable to the Protocol 1/2 papers, and results and reports say so.
+    protocol_note: str = ""
+
+    @property
+    def aspect_ratio(self) -> float:
+        """Input width / height: the aspect ratio every crop box is padded to."""
+        return self.input_shape[1] / self.input_shape[0]
+
+    @property
+    def depth_extent_mm(self) -> float:
+        """Depth range (mm) the depth bins span, centred on the root."""
+        return float(self.bbox_3d_mm[2])
 
     def build(self, **overrides):
         """A fresh model in eval mode, on CPU, randomly initialised."""
@@ -173,6 +189,12 @@ _MODELS: tuple[ModelSpec, ...] = (
         notes="ECCV'18 challenge config (hm36_challenge d-mch_384x288 yaml): patch_height 384, patch_width 288, "
               "depth_dim 72, so the volume is 72x96x72 (D x H x W); its 3D box is rect_3d 1485x1980 mm (W x H), "
               "its normalisation its own, and its numbers are on the challenge split, not Protocol 1/2",
+        # Integral decodes depth as z_patch / patch_width * rect_3d_width (trans_coords_from_patch_to_org_3d),
+        # so the depth bins span rect_3d_width = 1485 mm, not the height.
+        bbox_3d_mm=(1485.0, 1980.0, 1485.0),
+        protocol_note="ECCV'18 challenge checkpoint: trained and scored on the challenge split (CHALL_H80K) with "
+                      "its own 288x384 crops; run here on the Protocol 1/2 test frames with boxes padded to 3:4, "
+                      "so its numbers are not comparable to Protocol 1/2 paper numbers",
     ),
 )
 
