@@ -97,16 +97,21 @@ def load_results(results_dir: Path) -> tuple[list[LoadedResult], list[str]]:
 
 # ---------------------------------------------------------------------------------------------- the table
 def group_key(result: dict) -> tuple:
-    """Numbers are comparable only within one (kind, protocol, box source, root source)."""
+    """Numbers are comparable only within one (kind, protocol, box source, root source, protocol note).
+
+    A protocol note (e.g. the Integral challenge checkpoint's own crop and split) always gets a group of its own."""
     conv = result["conventions"]
     kind_rank = 0 if result["kind"] == "pose" else 1
-    return (kind_rank, -int(conv["protocol"]), conv["bbox_source"] != "ground_truth", conv["bbox_source"],
-            conv["root_source"])
+    note = conv.get("protocol_note") or ""
+    return (kind_rank, -int(conv["protocol"]), bool(note), note, conv["bbox_source"] != "ground_truth",
+            conv["bbox_source"], conv["root_source"])
 
 
 def group_label(result: dict) -> str:
     metric = report.HEADLINE_LABELS[result["headline"]["metric"]]
-    return f"Protocol {result['conventions']['protocol']} {metric}, {report.source_label(result)}"
+    label = f"Protocol {result['conventions']['protocol']} {metric}, {report.source_label(result)}"
+    note = result["conventions"].get("protocol_note")
+    return f"{label} [not comparable: {note}]" if note else label
 
 
 def display_name(result: dict, fallback: str) -> str:

@@ -152,7 +152,9 @@ def paper_comparison(result: dict, spec) -> pd.DataFrame:
             metric, label = "pa_mpjpe_rigid_fit18", "PA-MPJPE rigid fit18"
             by_source = {"ground_truth": paper.p1_pa_mpjpe, "detected": paper.p1_pa_mpjpe_detected}
         value = None
-        if conv["bbox_source"] != conv["root_source"]:
+        if conv.get("protocol_note"):
+            no_paper_reason = f"n/a: another protocol ({conv['protocol_note']})"
+        elif conv["bbox_source"] != conv["root_source"]:
             no_paper_reason = "n/a: no published value for a mixed box/root source"
         else:
             value = by_source.get(conv["bbox_source"])
@@ -165,7 +167,7 @@ def paper_comparison(result: dict, spec) -> pd.DataFrame:
     for metric_label, measured, published in rows:
         delta = None if published is None else float(measured) - float(published)
         if demo:
-            grade = "n/a: random demo weights"
+            grade = "n/a: random demo weights" + ("; another protocol" if conv.get("protocol_note") else "")
         elif delta is None:
             grade = no_paper_reason
         else:

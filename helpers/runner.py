@@ -483,13 +483,7 @@ class Run:
     def paper_comparison(self) -> pd.DataFrame:
         from . import report
 
-        table = report.paper_comparison(self._need_result(), self.spec)
-        if self.spec.protocol_note and "grade" in table:
-            # No published number measures this model under Protocol 1/2; never grade it against one.
-            reason = f"n/a: {self.spec.protocol_note.split(':')[0]} uses another protocol (crop, split)"
-            table["grade"] = [reason + ("; random demo weights" if "random demo" in str(grade) else "")
-                              for grade in table["grade"]]
-        return table
+        return report.paper_comparison(self._need_result(), self.spec)
 
     def plots(self) -> None:
         """Show the per-action (and per-joint) error plots."""

@@ -148,3 +148,17 @@ def test_main_cli(results_dir, capsys, tmp_path):
     assert "ConvNeXtPose L" in printed and "problem:" in printed
     assert (tmp_path / "rep" / "REPORT.md").is_file()
     assert cons.main([str(tmp_path / "nothing")]) == 1
+
+
+def test_a_result_under_another_protocol_gets_its_own_group_and_no_grade(tmp_path):
+    root = tmp_path / "res"
+    _put(root, "cnp_p2", make_result(model_id="convnextpose_M", base=51.0))
+    other = make_result(model_id="convnextpose_M", base=49.0)
+    other["conventions"]["protocol_note"] = "challenge crop and split"
+    _put(root, "challenge", other)
+    out = cons.consolidate(root, tmp_path / "report")
+    assert len(out.groups) == 2
+    assert any("not comparable: challenge crop and split" in g for g in out.groups)
+    row = out.leaderboard.set_index("result").loc["challenge"]
+    assert "another protocol" in row["grade"] and "challenge crop" in row["grade"]
+    assert out.leaderboard.set_index("result").loc["cnp_p2"]["grade"] == "excellent"  # 51.0 vs 51.05
