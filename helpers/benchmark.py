@@ -28,8 +28,8 @@ import pandas as pd
 import torch
 
 from .atomic import write_json
-from .engine import (InferenceConfig, _memory_now_mb, _resolve_device, forward_batch, prepare_inputs, read_image,
-                     run_inference)
+from .engine import (InferenceConfig, _memory_now_mb, _resolve_device, check_cuda_devices, forward_batch,
+                     prepare_inputs, read_image, run_inference, torch_settings)
 
 
 # CPU kernels and the caching allocators need a few passes before a forward reaches its steady speed.
@@ -53,7 +53,8 @@ def _time_forward(model, spec, inputs, k, *, iters: int, amp: bool, device: torc
         return forward_batch(model, inputs, kind=spec.kind, flip_test=True, amp=amp,
                              output_width=spec.output_shape[1], flip_pairs=spec.flip_pairs, k=k)
 
-    with torch.inference_mode():
+    # The same threads and cuDNN autotuning as the pipeline's run, so that (a) and (b) compare like with like.
+    with torch.inference_mode(), torch_settings(device.type, torch.get_num_threads()):
         for _ in range(WARMUP_FORWARDS):
             once()
         if device.type == "cuda":
@@ -72,10 +73,12 @@ def run_benchmark(model_id: str, *, device: str = "auto", batch_size: int = 16, 
     from .models import build_model, get_spec
 
     spec = get_spec(model_id)
-    device_type = _resolve_device(device)
-    amp = device_type == "cuda"
     if batch_size < 1 or iters < 1 or repeats < 1:
         raise ValueError(f"batch_size, iters and repeats must be >= 1; got {batch_size}, {iters} and {repeats}")
+    device_type = _resolve_device(device)
+    if device_type == "cuda":
+        check_cuda_devices(1)
+    amp = device_type == "cuda"
     with tempfile.TemporaryDirectory(prefix="helpers_benchmark_") as tmp:
         if data_dir is None:
             from .demo_data import generate
@@ -110,7 +113,8 @@ def run_benchmark(model_id: str, *, device: str = "auto", batch_size: int = 16, 
 
             k = torch.from_numpy(rootnet_k_value(test_set.bbox[:batch_size], test_set.f[:batch_size])).to(torch_device)
         timed = dict(iters=iters, amp=amp, device=torch_device)
-        config = InferenceConfig(batch_size=batch_size, device=device_type, image_limit=images,
+        # One process on one device: (a) is measured on GPU 0 alone, so (b) must not spread over every GPU.
+        config = InferenceConfig(batch_size=batch_size, device=device_type, world_size=1, image_limit=images,
                                  shard_size=images, out_dir=Path(tmp) / "inference", resume=False,
                                  num_workers=num_workers, channels_last=channels_last, progress=False)
         forward_rounds, pipeline_rounds, forward_mem, pipeline_mem = [], [], 0.0, 0.0

@@ -12,6 +12,8 @@ shard is split into batches from its own start, so every sample is computed in t
 the number of processes (1-process and 2-process CPU runs give identical numbers). Each finished shard
 is written atomically to `out_dir/shards/shard_#####.npz` with a fingerprint of (model weights, spec,
 settings, samples); a rerun with `resume=True` reuses matching shards and never mixes in stale ones.
+With world_size > 1 one spawned process per GPU works through its shards; the processes share nothing
+but the shard files (no process group, so no NCCL), and each hands its statistics back through a queue.
 The parent then writes `out_dir/predictions.npz` atomically, in sample order:
 
 pose models (`spec.kind == "pose"`): `image_id` (N,) int64, `coords` (N,J,3) float32 heatmap units after
@@ -24,11 +26,12 @@ RootNet (`spec.kind == "root"`): `image_id`, `root_output` (N,3) float32 raw net
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
 import hashlib
 import json
 import os
-import shutil
-import tempfile
+import pickle
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -101,7 +104,6 @@ class _Job:
     seed: int
     progress: bool
     output_width: tuple[int, ...] = ()  # per-image output shape: (J, 3) pose, (3,) root
-    rendezvous: str | None = None
     reuse: set = field(default_factory=set)  # shard indices already complete on disk
 
 
@@ -190,18 +192,22 @@ def _worker_init(_worker_id: int) -> None:
 
 # ---------------------------------------------------------------- forward pass
 
+# Mixed precision is float16: Kaggle's T4 (sm_75) has no bfloat16 support.
+AMP_DTYPE = torch.float16
+
+
 def forward_batch(model: torch.nn.Module, x: torch.Tensor, *, kind: str, flip_test: bool, amp: bool,
                   output_width: int, flip_pairs, k: torch.Tensor | None = None) -> torch.Tensor:
     """Run the model on a normalised batch `x` (B,3,H,W), with the flip test as ONE forward of 2B images.
 
+    `amp` runs the forward under float16 autocast on `x`'s device (the engine enables it on CUDA only).
     Pose: returns (B,J,3) float32 heatmap units (flip-merged when `flip_test`). Root: `k` (B,1) is
     required, no flip test, returns (B,3) float32 (x, y heatmap pixels, z mm).
     """
     batch = x.shape[0]
     if flip_test and kind == "pose":
         x = torch.cat([x, flip_images(x)])
-    autocast = (torch.autocast(device_type="cuda", dtype=torch.float16) if amp and x.device.type == "cuda"
-                else contextlib.nullcontext())
+    autocast = torch.autocast(device_type=x.device.type, dtype=AMP_DTYPE) if amp else contextlib.nullcontext()
     with autocast:
         out = model(x, k) if kind == "root" else model(x)
     out = out.float()  # the soft-argmax runs in float32 inside the models; keep the coordinates float32
@@ -239,37 +245,36 @@ def _write_shard(path: Path, fingerprint: str, first: int, image_output: np.ndar
              output=image_output)
 
 
+class _RankStartError(RuntimeError):
+    """A process could not take its GPU (busy, exclusive-process mode, out of memory, broken driver)."""
+
+
+def _rank_device(rank: int, job: _Job) -> torch.device:
+    """This rank's device, made current; the GPU is rank's index among the visible ones."""
+    if job.device_type != "cuda":
+        return torch.device("cpu")
+    device = torch.device("cuda", rank)
+    try:
+        torch.cuda.set_device(device)  # also the device of the DataLoader's pin-memory thread
+        torch.cuda.reset_peak_memory_stats(device)
+    except RuntimeError as exc:
+        raise _RankStartError(f"process {rank} could not use GPU {device} ({_short(exc)})") from exc
+    return device
+
+
 def _run_rank(rank: int, job: _Job) -> dict:
     """Process this rank's shards; return its statistics. Runs in the caller's process when world_size is 1."""
-    distributed = job.world_size > 1
-    if job.device_type == "cuda":
-        device = torch.device("cuda", rank)
-        torch.cuda.set_device(device)
-        torch.cuda.reset_peak_memory_stats(device)
-    else:
-        device = torch.device("cpu")
-    if distributed:
-        import torch.distributed as dist
-
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", init_method=job.rendezvous,
-                                rank=rank, world_size=job.world_size)
-    try:
-        stats = _process_shards(rank, job, device)
-        if distributed:
-            gathered: list = [None] * job.world_size
-            dist.all_gather_object(gathered, stats)  # also a barrier: rank 0 reports once all shards exist
-            stats = {"ranks": gathered}
-        else:
-            stats = {"ranks": [stats]}
-    finally:
-        if distributed:
-            dist.destroy_process_group()
-    return stats
+    return _process_shards(rank, job, _rank_device(rank, job))
 
 
 def _process_shards(rank: int, job: _Job, device: torch.device) -> dict:
     torch.manual_seed(job.seed)
-    model = job.model.to(device).eval()
+    try:
+        model = job.model.to(device).eval()
+    except RuntimeError as exc:  # the first real allocation on the GPU
+        if device.type != "cuda":
+            raise
+        raise _RankStartError(f"process {rank} could not move the model to {device} ({_short(exc)})") from exc
     if job.channels_last:
         model = model.to(memory_format=torch.channels_last)
     mine = [s for s in job.shards if s[0] % job.world_size == rank]
@@ -281,10 +286,13 @@ def _process_shards(rank: int, job: _Job, device: torch.device) -> dict:
             batch_shard.append(index)
     shard_bounds = {index: (first, end) for index, first, end in todo}
 
-    if device.type == "cuda":
-        stage = "bytes" if job.gpu_decode else "images"
+    if job.gpu_decode:  # nvjpeg on the device (run_inference sets it on CUDA only; tests force it on CPU)
+        stage = "bytes"
+    elif device.type == "cuda":
+        stage = "images"
     else:  # crop in the workers only when there are workers: with none, everything runs here anyway
         stage = "inputs" if job.num_workers > 0 else "images"
+    decoder = _DeviceDecoder(device, rank)
     reader = _BatchReader(job.paths, batches, stage, job.bbox, job.input_shape, job.normalization,
                           job.channels_last)
     loader = torch.utils.data.DataLoader(
@@ -310,7 +318,7 @@ def _process_shards(rank: int, job: _Job, device: torch.device) -> dict:
             if stage == "inputs":
                 x = item["inputs"]
             else:
-                images = (_decode_on_device(item["bytes"], [job.paths[p] for p in positions], device)
+                images = (decoder(item["bytes"], [job.paths[p] for p in positions])
                           if stage == "bytes" else item["images"].to(device, non_blocking=True))
                 x = prepare_inputs(images, job.bbox[positions], input_shape=job.input_shape,
                                    normalization=job.normalization, channels_last=job.channels_last)
@@ -337,19 +345,59 @@ def _process_shards(rank: int, job: _Job, device: torch.device) -> dict:
     steady = ((images_done - len(batches[0])) / (batch_end_times[-1] - batch_end_times[0])
               if len(batch_end_times) > 1 and batch_end_times[-1] > batch_end_times[0] else None)
     return {"rank": rank, "images": images_done, "inference_s": elapsed, "steady_images_per_s": steady,
-            "peak_memory_mb": peak_mb, "shards_computed": len(todo), "shards_reused": len(mine) - len(todo)}
+            "peak_memory_mb": peak_mb, "shards_computed": len(todo), "shards_reused": len(mine) - len(todo),
+            "gpu_decode_fallback_batches": decoder.fallback_batches}
 
 
-def _decode_on_device(data: list[torch.Tensor], paths: list[str], device: torch.device) -> list[torch.Tensor]:
-    try:
-        return list(_decode_rgb(data, device=device))
-    except RuntimeError:
-        for blob, path in zip(data, paths):  # find the culprit so the error names the file
+# Consecutive batches nvjpeg must fail before a rank stops trying it: then it cannot decode these files at all.
+GPU_DECODE_ATTEMPTS = 3
+
+
+class _DeviceDecoder:
+    """Batched nvjpeg decoding onto `device`, falling back to the CPU decoder for a batch nvjpeg rejects
+    (an unsupported JPEG variant, a torchvision built without nvjpeg, no GPU memory left). A file that the
+    CPU decoder cannot read either is corrupt: ImageReadError names it. Notes are printed, and the number
+    of batches decoded on the CPU is part of the rank's statistics."""
+
+    def __init__(self, device: torch.device, rank: int = 0):
+        self.device, self.rank = device, rank
+        self.gpu_enabled = True
+        self.fallback_batches = 0  # batches decoded on the CPU
+        self._failures_in_a_row = 0
+
+    def __call__(self, data: list[torch.Tensor], paths: list[str]):
+        reason = None
+        if self.gpu_enabled:
             try:
-                _decode_rgb(blob, device=device)
+                images = _decode_rgb(data, device=self.device)  # a list in, a list of (3,H,W) uint8 out
+                self._failures_in_a_row = 0
+                return images
+            except RuntimeError as exc:
+                reason = _short(exc)
+        images = []
+        for blob, path in zip(data, paths):
+            try:
+                images.append(_decode_rgb(blob))
             except RuntimeError as exc:
                 raise _image_error(path, f"is not a readable JPEG ({_short(exc)})") from None
-        raise
+        self.fallback_batches += 1
+        if reason is not None:
+            self._note_gpu_failure(reason, paths[0])
+        return pad_batch(images).to(self.device)  # one transfer for the batch
+
+    def _note_gpu_failure(self, reason: str, first_path: str) -> None:
+        from tqdm.auto import tqdm
+
+        self._failures_in_a_row += 1
+        where = f"rank {self.rank}: " if self.rank else ""
+        if self.fallback_batches == 1:
+            tqdm.write(f"note: {where}GPU JPEG decoding (nvjpeg) failed for the batch starting at {first_path} "
+                       f"({reason}); that batch was decoded on the CPU instead (slower; the two decoders may differ by "
+                       "about one grey level).")
+        if self._failures_in_a_row >= GPU_DECODE_ATTEMPTS:
+            self.gpu_enabled = False
+            tqdm.write(f"note: {where}GPU JPEG decoding failed for {GPU_DECODE_ATTEMPTS} batches in a row; the "
+                       "rest of this run decodes on the CPU. Pass gpu_decode=False to skip the attempt next time.")
 
 
 # ---------------------------------------------------------------- parent
@@ -362,6 +410,23 @@ def _resolve_device(name: str) -> str:
     if name == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device='cuda' was requested but torch sees no CUDA GPU; use device='cpu' or 'auto'")
     return name
+
+
+def check_cuda_devices(world_size: int) -> None:
+    """Fail before any work when a GPU this run would use has no kernels in this torch build (e.g. a P100,
+    sm_60, under a build for sm_70 and newer): otherwise the first CUDA call fails with a cryptic message.
+    The capability test is `environment.environment_report`'s."""
+    from .environment import RECOMMENDED_KAGGLE_ACCELERATOR, environment_report
+
+    report = environment_report()
+    unusable = [gpu for gpu in report["gpus"][:world_size] if not gpu["supported"]]
+    if unusable:
+        names = ", ".join(f"GPU {g['index']} ({g['name']}, {g['capability']})" for g in unusable)
+        raise RuntimeError(
+            f"{names} cannot run this torch {report['torch']} build, which has GPU kernels only for "
+            f"{' '.join(report['torch_arch_list']) or 'no architecture'}. On Kaggle open Settings > Accelerator and "
+            f"choose \"{RECOMMENDED_KAGGLE_ACCELERATOR}\"; elsewhere install a torch build for this GPU, or run with "
+            "device='cpu'.")
 
 
 def _resolve_model(spec, checkpoint_or_model) -> tuple[torch.nn.Module, dict]:
@@ -457,8 +522,13 @@ def run_inference(model_spec, checkpoint_or_model, test_set, image_paths: Sequen
     n = _check_inputs(spec, test_set, image_paths, config)
     device_type = _resolve_device(config.device)
     world_size = int(config.world_size or (torch.cuda.device_count() if device_type == "cuda" else 1))
-    if device_type == "cuda" and world_size > torch.cuda.device_count():
-        raise ValueError(f"world_size {world_size} exceeds the {torch.cuda.device_count()} visible CUDA GPUs")
+    if world_size < 1:
+        raise ValueError(f"world_size must be >= 1; got {world_size}")
+    if device_type == "cuda":
+        if world_size > torch.cuda.device_count():
+            raise ValueError(f"world_size {world_size} exceeds the {torch.cuda.device_count()} visible CUDA GPUs; "
+                             "set WORLD_SIZE to at most that number (or None for all of them)")
+        check_cuda_devices(world_size)
     amp = bool(device_type == "cuda" and (config.amp if config.amp is not None else True))
     flip_test = bool(config.flip_test and spec.kind == "pose")  # RootNet's official test has no flip test
     gpu_decode = bool(config.gpu_decode and device_type == "cuda")
@@ -560,11 +630,14 @@ def _predictions_arrays(spec, output, image_id, bbox, test_set, n, flip_test) ->
 
 
 @contextlib.contextmanager
-def _torch_state(job: _Job):
-    """Set threads/cudnn for the run and restore them afterwards (a notebook session keeps its settings)."""
+def torch_settings(device_type: str, cpu_threads: int):
+    """Threads and cuDNN autotuning for a run, restored afterwards (a notebook session keeps its settings).
+
+    cuDNN benchmark mode suits the engine's fixed input size. TF32 is left at torch's defaults (T4 has no
+    TF32 anyway; torch refuses to read its TF32 flags once they were set through both of its two APIs)."""
     threads, benchmark = torch.get_num_threads(), torch.backends.cudnn.benchmark
-    torch.set_num_threads(job.cpu_threads)
-    torch.backends.cudnn.benchmark = job.device_type == "cuda"
+    torch.set_num_threads(cpu_threads)
+    torch.backends.cudnn.benchmark = device_type == "cuda"
     try:
         yield
     finally:
@@ -573,44 +646,88 @@ def _torch_state(job: _Job):
 
 
 def _run_in_this_process(job: _Job) -> dict:
-    with _torch_state(job):
-        return _run_rank(0, job)
+    with torch_settings(job.device_type, job.cpu_threads):
+        return {"ranks": [_run_rank(0, job)]}
+
+
+_MESSAGE_LIMIT = 4000  # characters of a child's error message sent back (the queue is a pipe)
+_WORLD_SIZE_HINT = "Set WORLD_SIZE = 1 (world_size=1) to run in this process on one device."
 
 
 def _spawned_rank(rank: int, job: _Job, queue) -> None:
-    """Entry point of each spawned process (importable from helpers, so spawning works from a notebook)."""
-    torch.set_num_threads(job.cpu_threads)
-    torch.backends.cudnn.benchmark = job.device_type == "cuda"
+    """Entry point of each spawned process (importable from helpers, so spawning works from a notebook).
+
+    Every outcome goes to the parent through `queue`: ("stats", rank, stats) or ("error", rank, type name,
+    message); spawn itself would only show a traceback."""
     try:
-        stats = _run_rank(rank, job)
-    except DataError as exc:  # hand the clean message to the parent; spawn would only show a traceback
-        queue.put(("error", type(exc).__name__, str(exc)))
+        with torch_settings(job.device_type, job.cpu_threads):
+            stats = _run_rank(rank, job)
+    except BaseException as exc:
+        queue.put(("error", rank, type(exc).__name__, str(exc)[:_MESSAGE_LIMIT]))
         raise
-    if rank == 0:
-        queue.put(("stats", stats))
+    queue.put(("stats", rank, stats))
+
+
+def _model_on_cpu(model: torch.nn.Module) -> torch.nn.Module:
+    """The model as handed to spawned processes: on the CPU, so each process loads it onto its own GPU.
+    (CUDA tensors would travel as CUDA IPC handles, and every process would open a context on GPU 0.)
+    A model already on the CPU is passed as is; a GPU model is copied, the caller's copy stays put."""
+    tensors = list(model.parameters()) + list(model.buffers())
+    if all(t.device.type == "cpu" for t in tensors):
+        return model
+    return copy.deepcopy(model).to("cpu")
+
+
+def _rank_failure(message: tuple) -> Exception:
+    """The exception the parent raises for a child's ("error", rank, type name, text) message."""
+    _, rank, kind, text = message
+    if kind == "ImageReadError":
+        return ImageReadError(text)
+    if kind == "DataError":
+        return DataError(text)
+    if kind == "ValueError":
+        return ValueError(text)
+    if kind == "_RankStartError":
+        return RuntimeError(f"multi-GPU inference could not start: {text}. Every GPU must be free for this "
+                            f"notebook (not in exclusive-process mode, not used by another session). {_WORLD_SIZE_HINT}")
+    return RuntimeError(f"inference process {rank} failed with {kind}: {text}")
 
 
 def _run_spawned(job: _Job) -> dict:
     import torch.multiprocessing as mp
 
-    rendezvous_dir = tempfile.mkdtemp(prefix="helpers_rdzv_")
-    job.rendezvous = "file://" + str(Path(rendezvous_dir) / "store")
+    job = dataclasses.replace(job, model=_model_on_cpu(job.model))
+    # spawn, never fork: a forked child cannot use CUDA once the parent has initialised it.
     queue = mp.get_context("spawn").SimpleQueue()
     try:
         mp.start_processes(_spawned_rank, args=(job, queue), nprocs=job.world_size, join=True, start_method="spawn")
-    except mp.ProcessRaisedException:
-        while not queue.empty():
-            message = queue.get()
-            if message[0] == "error":
-                raise (ImageReadError if message[1] == "ImageReadError" else DataError)(message[2]) from None
-        raise
-    finally:
-        shutil.rmtree(rendezvous_dir, ignore_errors=True)
+    except (pickle.PicklingError, AttributeError, TypeError) as exc:  # raised here, while handing the job over
+        raise RuntimeError(f"the model cannot be handed to the inference processes ({exc}). Its class must be "
+                           f"importable (defined in a module, not in a notebook cell). {_WORLD_SIZE_HINT}") from exc
+    except (mp.ProcessRaisedException, mp.ProcessExitedException) as exc:
+        errors = [m for m in _drain(queue) if m[0] == "error"]
+        if errors:  # the first error is the cause; the others are processes stopped because of it
+            raise _rank_failure(errors[0]) from None
+        raise RuntimeError(f"inference process {exc.error_index} stopped before it could report ({exc}). Either it "
+                           "was killed (out of host memory), or it could not import the model's class: a class defined "
+                           f"in a notebook cannot be imported by a spawned process. {_WORLD_SIZE_HINT}") from exc
+    stats = sorted((m for m in _drain(queue) if m[0] == "stats"), key=lambda m: m[1])
+    if [m[1] for m in stats] != list(range(job.world_size)):
+        raise RuntimeError(f"the inference processes finished, but only ranks {[m[1] for m in stats]} of "
+                           f"{job.world_size} reported statistics")
+    ranks = [m[2] for m in stats]
+    fallbacks = sum(r["gpu_decode_fallback_batches"] for r in ranks)
+    if fallbacks:  # the processes' own notes go to the server's terminal, not to the notebook
+        print(f"note: {fallbacks} batches were decoded on the CPU because GPU JPEG decoding (nvjpeg) failed "
+              "for them (slower; the two decoders may differ by about one grey level).")
+    return {"ranks": ranks}
+
+
+def _drain(queue) -> list:
+    messages = []
     while not queue.empty():
-        message = queue.get()
-        if message[0] == "stats":
-            return message[1]
-    raise RuntimeError("the inference processes finished without reporting statistics")
+        messages.append(queue.get())
+    return messages
 
 
 def write_bbox_root_file(path: str | os.PathLike, image_ids, bboxes, root_cams) -> Path:

@@ -23,8 +23,10 @@ NORMALIZATION: dict[str, tuple[tuple[float, float, float], tuple[float, float, f
 
 
 def _as_bbox_tensor(bboxes, batch: int, device: torch.device) -> torch.Tensor:
-    boxes = torch.as_tensor(np.asarray(bboxes, dtype=np.float64) if not torch.is_tensor(bboxes) else bboxes,
-                            dtype=torch.float64, device=device)
+    """The boxes as float64 on `device`. Checked on the CPU first: checking a GPU tensor would make the
+    host wait for the GPU on every batch."""
+    boxes = (bboxes.detach().to("cpu", torch.float64) if torch.is_tensor(bboxes)
+             else torch.as_tensor(np.asarray(bboxes, dtype=np.float64)))
     if boxes.shape != (batch, 4):
         raise ValueError(f"bboxes must have shape ({batch}, 4) as [x, y, w, h] per image; got {tuple(boxes.shape)}")
     if not torch.isfinite(boxes).all():
@@ -33,7 +35,7 @@ def _as_bbox_tensor(bboxes, batch: int, device: torch.device) -> torch.Tensor:
         bad = torch.nonzero((boxes[:, 2:] <= 0).any(dim=1)).flatten().tolist()
         raise ValueError(f"bboxes at batch positions {bad[:5]} have a non-positive width or height; "
                          "drop empty boxes before cropping (geometry.process_bbox returns None for them)")
-    return boxes
+    return boxes.to(device)
 
 
 def _dense_flat_view(image: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
@@ -84,10 +86,10 @@ def _flatten_images(images) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, t
     _check_batch(images)
     device = images[0].device
     views = [_dense_flat_view(im) for im in images]
-    heights = torch.tensor([im.shape[1] for im in images], dtype=torch.int64, device=device)
-    widths = torch.tensor([im.shape[2] for im in images], dtype=torch.int64, device=device)
-    strides = torch.tensor([stride for _, stride in views], dtype=torch.int64, device=device)
-    sizes = torch.tensor([flat.numel() for flat, _ in views], dtype=torch.int64, device=device)
+    # The per-image numbers go to the device in one small copy, not one copy each.
+    table = torch.tensor([[im.shape[1], im.shape[2], *stride, flat.numel()] for im, (flat, stride) in zip(images, views)],
+                         dtype=torch.int64).to(device)
+    heights, widths, strides, sizes = table[:, 0], table[:, 1], table[:, 2:5], table[:, 5]
     offsets = torch.cumsum(sizes, 0) - sizes
     return torch.cat([flat for flat, _ in views]), offsets, heights, widths, strides
 

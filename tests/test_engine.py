@@ -112,7 +112,7 @@ def test_network_input_is_the_normalised_crop_of_the_box(dataset, tmp_path):
         np.testing.assert_allclose(x[k].numpy(), (crop - mean) / std, rtol=0, atol=1e-2)
 
 
-def test_one_and_two_gloo_processes_give_identical_predictions(dataset, tmp_path):
+def test_one_and_two_processes_give_identical_predictions(dataset, tmp_path):
     test_set, paths = dataset
     model = tiny_pose_model()
     single = run_inference(POSE_SPEC, model, test_set, paths, _config(tmp_path / "one", world_size=1))
