@@ -12,9 +12,11 @@ shard is split into batches from its own start, so every sample is computed in t
 the number of processes (1-process and 2-process CPU runs give identical numbers). Each finished shard
 is written atomically to `out_dir/shards/shard_#####.npz` with a fingerprint of (model weights, spec,
 settings, samples); a rerun with `resume=True` reuses matching shards and never mixes in stale ones.
-With world_size > 1 one spawned process per GPU works through its shards; the processes share nothing
-but the shard files (no process group, so no NCCL), and each hands its statistics back through a queue.
-The parent then writes `out_dir/predictions.npz` atomically, in sample order:
+With world_size > 1 one spawned process per device works through its shards inside a `torch.distributed`
+process group (NCCL on CUDA, gloo on CPU): after its shards, each rank gathers to rank 0 what it computed
+(its shard list and statistics), and rank 0 checks that every shard was done exactly once. The shard files
+are the data path, so an interrupted run keeps its finished shards. The parent then writes
+`out_dir/predictions.npz` atomically from the shards, in sample order:
 
 pose models (`spec.kind == "pose"`): `image_id` (N,) int64, `coords` (N,J,3) float32 heatmap units after
     the flip merge, `output_shape` (2,) (H, W), `depth_dim` (), `bbox` (N,4) the crop boxes, and the
@@ -105,6 +107,7 @@ class _Job:
     progress: bool
     output_width: tuple[int, ...] = ()  # per-image output shape: (J, 3) pose, (3,) root
     reuse: set = field(default_factory=set)  # shard indices already complete on disk
+    dist_init_method: str = ""  # rendezvous of the process group (world_size > 1), on the loopback interface
 
 
 # ---------------------------------------------------------------- reading images
@@ -346,6 +349,7 @@ def _process_shards(rank: int, job: _Job, device: torch.device) -> dict:
               if len(batch_end_times) > 1 and batch_end_times[-1] > batch_end_times[0] else None)
     return {"rank": rank, "images": images_done, "inference_s": elapsed, "steady_images_per_s": steady,
             "peak_memory_mb": peak_mb, "shards_computed": len(todo), "shards_reused": len(mine) - len(todo),
+            "shards_done": [s[0] for s in mine],
             "gpu_decode_fallback_batches": decoder.fallback_batches}
 
 
@@ -659,13 +663,46 @@ def _spawned_rank(rank: int, job: _Job, queue) -> None:
 
     Every outcome goes to the parent through `queue`: ("stats", rank, stats) or ("error", rank, type name,
     message); spawn itself would only show a traceback."""
+    import torch.distributed as dist
+
     try:
         with torch_settings(job.device_type, job.cpu_threads):
-            stats = _run_rank(rank, job)
+            device = _rank_device(rank, job)
+            _init_process_group(rank, job, device)
+            try:
+                stats = _process_shards(rank, job, device)
+                # Gather what every rank did on rank 0 (a collective: NCCL on CUDA, gloo on CPU).
+                gathered = [None] * job.world_size if rank == 0 else None
+                dist.gather_object(stats, gathered, dst=0)
+            finally:
+                dist.destroy_process_group()
     except BaseException as exc:
         queue.put(("error", rank, type(exc).__name__, str(exc)[:_MESSAGE_LIMIT]))
         raise
-    queue.put(("stats", rank, stats))
+    if rank == 0:
+        queue.put(("gathered", rank, gathered))
+
+
+def _init_process_group(rank: int, job: _Job, device: torch.device) -> None:
+    import datetime
+
+    import torch.distributed as dist
+
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    kwargs = {"device_id": device} if device.type == "cuda" else {}
+    try:
+        dist.init_process_group(backend, init_method=job.dist_init_method, rank=rank, world_size=job.world_size,
+                                timeout=datetime.timedelta(minutes=30), **kwargs)
+    except Exception as exc:
+        raise _RankStartError(f"process {rank} could not join the {backend} process group ({_short(exc)})") from exc
+
+
+def _free_loopback_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def _model_on_cpu(model: torch.nn.Module) -> torch.nn.Module:
@@ -696,7 +733,8 @@ def _rank_failure(message: tuple) -> Exception:
 def _run_spawned(job: _Job) -> dict:
     import torch.multiprocessing as mp
 
-    job = dataclasses.replace(job, model=_model_on_cpu(job.model))
+    job = dataclasses.replace(job, model=_model_on_cpu(job.model),
+                              dist_init_method=f"tcp://127.0.0.1:{_free_loopback_port()}")
     # spawn, never fork: a forked child cannot use CUDA once the parent has initialised it.
     queue = mp.get_context("spawn").SimpleQueue()
     try:
@@ -711,11 +749,14 @@ def _run_spawned(job: _Job) -> dict:
         raise RuntimeError(f"inference process {exc.error_index} stopped before it could report ({exc}). Either it "
                            "was killed (out of host memory), or it could not import the model's class: a class defined "
                            f"in a notebook cannot be imported by a spawned process. {_WORLD_SIZE_HINT}") from exc
-    stats = sorted((m for m in _drain(queue) if m[0] == "stats"), key=lambda m: m[1])
-    if [m[1] for m in stats] != list(range(job.world_size)):
-        raise RuntimeError(f"the inference processes finished, but only ranks {[m[1] for m in stats]} of "
-                           f"{job.world_size} reported statistics")
-    ranks = [m[2] for m in stats]
+    gathered = [m[2] for m in _drain(queue) if m[0] == "gathered"]
+    if len(gathered) != 1 or len(gathered[0]) != job.world_size:
+        raise RuntimeError(f"the {job.world_size} inference processes finished, but rank 0 did not gather "
+                           "every rank's results")
+    ranks = gathered[0]
+    done = sorted(i for r in ranks for i in r["shards_done"])
+    if done != sorted(i for i, _, _ in job.shards):
+        raise RuntimeError(f"the inference processes did not cover every shard exactly once: {done}")
     fallbacks = sum(r["gpu_decode_fallback_batches"] for r in ranks)
     if fallbacks:  # the processes' own notes go to the server's terminal, not to the notebook
         print(f"note: {fallbacks} batches were decoded on the CPU because GPU JPEG decoding (nvjpeg) failed "

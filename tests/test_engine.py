@@ -113,12 +113,14 @@ def test_network_input_is_the_normalised_crop_of_the_box(dataset, tmp_path):
 
 
 def test_one_and_two_processes_give_identical_predictions(dataset, tmp_path):
+    """The 2-process run goes through a gloo process group; rank 0 gathers every rank's shard list."""
     test_set, paths = dataset
     model = tiny_pose_model()
     single = run_inference(POSE_SPEC, model, test_set, paths, _config(tmp_path / "one", world_size=1))
     double = run_inference(POSE_SPEC, model, test_set, paths, _config(tmp_path / "two", world_size=2, num_workers=1))
     assert double["settings"]["world_size"] == 2 and len(double["rank_stats"]) == 2
     assert sorted(r["shards_computed"] for r in double["rank_stats"]) == [1, 2]  # shards 0, 2 | 1
+    assert [r["shards_done"] for r in double["rank_stats"]] == [[0, 2], [1]]  # gathered in rank order
     assert np.array_equal(single["predictions"]["coords"], double["predictions"]["coords"])
     assert Path(single["predictions_path"]).read_bytes() == Path(double["predictions_path"]).read_bytes()
 
