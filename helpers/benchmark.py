@@ -36,11 +36,11 @@ from .engine import (InferenceConfig, _memory_now_mb, _resolve_device, check_cud
 WARMUP_FORWARDS = 3
 
 
-def _load_data(data_dir: Path):
+def _load_data(data_dir: Path, aspect_ratio: float = 1.0):
     from . import h36m
 
     annotation_dir = h36m.find_annotation_dir(data_dir)
-    test_set = h36m.load_test_set(annotation_dir, protocol=2)
+    test_set = h36m.load_test_set(annotation_dir, protocol=2, aspect_ratio=aspect_ratio)
     return test_set, h36m.resolve_image_paths(test_set, data_dir)
 
 
@@ -87,7 +87,7 @@ def run_benchmark(model_id: str, *, device: str = "auto", batch_size: int = 16, 
             data_dir, data_note = Path(tmp) / "demo", "generated demo data (helpers.demo_data, seed 0)"
         else:
             data_dir, data_note = Path(data_dir), str(data_dir)
-        test_set, paths = _load_data(data_dir)
+        test_set, paths = _load_data(data_dir, spec.aspect_ratio)
         batches = min(iters + 1, len(test_set) // batch_size)
         if batches < 2:
             raise ValueError(f"the data has {len(test_set)} test samples: too few for two batches of {batch_size}; "

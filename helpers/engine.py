@@ -619,8 +619,11 @@ def run_inference(model_spec, checkpoint_or_model, test_set, image_paths: Sequen
 
 
 def _predictions_arrays(spec, output, image_id, bbox, test_set, n, flip_test) -> dict:
+    # input_shape and depth_extent_mm make the file self-describing for `rescore` (crop aspect, depth range).
     common = {"output_shape": np.array(spec.output_shape, dtype=np.int64),
               "depth_dim": np.array(spec.depth_dim, dtype=np.int64), "bbox": bbox,
+              "input_shape": np.array(spec.input_shape, dtype=np.int64),
+              "depth_extent_mm": np.array(spec.depth_extent_mm, dtype=np.float64),
               "model_id": np.array(spec.model_id), "kind": np.array(spec.kind), "flip_test": np.array(flip_test)}
     if spec.kind == "pose":
         return {"image_id": image_id, "coords": output, **common}

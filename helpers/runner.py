@@ -359,26 +359,11 @@ class Run:
 
         self.inference = run_inference(self.spec, self.model, self.eval_set, self.image_paths,
                                        self.inference_config())
-        if not self.is_root_model:
-            self._record_decode_facts()
         rows = {**self.inference["timing"], **self.inference["shards"],
                 "peak_memory_mb": self.inference.get("peak_memory_mb"),
                 "memory_kind": self.inference.get("memory_kind"),
                 "predictions": self.inference["predictions_path"]}
         return pd.DataFrame(list(rows.items()), columns=["item", "value"]).set_index("item")
-
-    def _record_decode_facts(self) -> None:
-        """Make predictions.npz self-describing for `rescore`: the input shape (crop aspect ratio) and the depth
-        extent its heatmap units need. Added (atomically) only when the engine did not write them."""
-        from .atomic import save_npz
-
-        pred = self.inference["predictions"]
-        facts = {"input_shape": np.array(self.spec.input_shape, dtype=np.int64),
-                 "depth_extent_mm": np.array(self.spec.depth_extent_mm, dtype=np.float64)}
-        missing = {k: v for k, v in facts.items() if k not in pred}
-        if missing:
-            pred.update(missing)
-            save_npz(self.inference["predictions_path"], **pred)
 
     def _extra_blocks(self) -> dict:
         spec = self.spec
