@@ -9,7 +9,7 @@ A notebook is a thin narrative of calls:
 
 `prepare` checks everything before any inference: the model and variant, the data root (and what was
 searched), the test images (count and first missing paths, and the skip option), the bbox_root file and the
-checkpoint (strict load). Demo mode (`demo="auto"` when nothing real is found, or `demo=True`) generates
+checkpoint (strict load; real data never falls back to random weights). Demo mode (`demo="auto"` when nothing real is found, or `demo=True`) generates
 the demo dataset and random-initialised checkpoints once into the cache folder and stamps every result
 `weights.kind = "random_demo"`, so every table and report says the numbers mean nothing.
 
@@ -667,13 +667,11 @@ def _resolve_checkpoint(params: RunParams, spec, cache_dir: Path, demo: bool, da
     try:
         path, source = _acquire(params, spec, cache_dir, search_roots)
     except (AcquireError, CheckpointError) as exc:
-        if params.checkpoint is not None or params.demo is False:
-            advice = "" if params.checkpoint is not None else (
-                "; set CHECKPOINT to a path, URL or Drive id, or DEMO = \"auto\" to run with random demo weights")
-            raise CheckpointUnavailable(f"no checkpoint for {spec.model_id}: {exc}{advice}") from None
-        notes.append(f"no checkpoint for {spec.model_id} could be found or downloaded ({exc}); "
-                     "running with RANDOM DEMO WEIGHTS")
-        return ensure_demo_checkpoint(cache_dir, spec.model_id, params.seed), "demo (random-initialised)", "random_demo"
+        # Real data never silently falls back to random weights: that would print numbers that mean nothing.
+        advice = "" if params.checkpoint is not None else (
+            "; set CHECKPOINT to a path, URL or Google Drive id (or attach the file under /kaggle/input), "
+            "or DEMO = True to run the embedded demo instead")
+        raise CheckpointUnavailable(f"no checkpoint for {spec.model_id}: {exc}{advice}") from None
     return path, source, _weights_kind(params.checkpoint, path, spec)
 
 

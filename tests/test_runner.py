@@ -133,8 +133,8 @@ def test_auto_mode_uses_demo_only_when_nothing_real_is_found(demo_cache, tmp_pat
         runner.prepare(_params(demo_cache, tmp_path, image_limit=2))
 
 
-def test_auto_mode_falls_back_to_demo_weights_only_without_explicit_checkpoint(demo_cache, tmp_path,
-                                                                                monkeypatch, no_input_roots):
+def test_real_data_without_a_checkpoint_fails_instead_of_using_random_weights(demo_cache, tmp_path, monkeypatch,
+                                                                               no_input_roots):
     from helpers import acquire
 
     def unavailable(source, **kw):
@@ -142,11 +142,10 @@ def test_auto_mode_falls_back_to_demo_weights_only_without_explicit_checkpoint(d
 
     monkeypatch.setattr(acquire, "acquire_checkpoint", unavailable)
     data = str(runner.ensure_demo_data(demo_cache))
-    run = runner.prepare(_params(demo_cache, tmp_path, data_root=data, image_limit=2))
-    assert not run.demo and run.weights_kind == "random_demo"
-    assert any("RANDOM DEMO WEIGHTS" in note for note in run.notes)
-    with pytest.raises(runner.CheckpointUnavailable, match="DEMO = \"auto\""):
-        runner.prepare(_params(demo_cache, tmp_path, data_root=data, image_limit=2, demo=False))
+    for demo in ("auto", False):
+        with pytest.raises(runner.CheckpointUnavailable, match=r"nothing for convnextpose_XS.*set CHECKPOINT"):
+            runner.prepare(_params(demo_cache, tmp_path, data_root=data, image_limit=2, demo=demo))
+    assert not (tmp_path / "convnextpose_XS").exists()
 
 
 # ------------------------------------------------------------------------------------------ bad input
