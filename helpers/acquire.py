@@ -22,7 +22,7 @@ import json
 import os
 import re
 import shutil
-import tarfile
+import stat
 import tempfile
 import urllib.error
 import urllib.parse
@@ -32,8 +32,8 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from . import environment
-from .models.checkpoint import (DRIVE_QUOTA_PHRASES, CheckpointError, check_torch_zip, file_sha256, html_page_problem,
-                                sniff_bytes)
+from .models.checkpoint import (DRIVE_QUOTA_PHRASES, CheckpointError, check_torch_zip, file_sha256, format_problem,
+                                html_page_problem, open_tar, sniff_bytes)
 from .models.registry import MODEL_REGISTRY, CheckpointSource, get_spec
 
 
@@ -94,6 +94,12 @@ def verify_checkpoint_file(path, *, expected_size: int | None = None, sha256: st
         if sha256 and file_sha256(path) != sha256.lower():
             raise AcquireError(f"{path}: sha256 of the extracted folder does not match {sha256}")
         return path
+    if not path.exists():
+        raise AcquireError(f"checkpoint path does not exist: {path}")
+    mode = path.stat().st_mode
+    if not stat.S_ISREG(mode):  # a FIFO would block the read below; a device would never end
+        raise AcquireError(f"{path} is not a regular file ({'a FIFO' if stat.S_ISFIFO(mode) else 'a device or socket'}); "
+                           "pass the checkpoint file itself.")
     size = path.stat().st_size
     with open(path, "rb") as f:
         head = f.read(4096)
@@ -119,14 +125,13 @@ def verify_checkpoint_file(path, *, expected_size: int | None = None, sha256: st
         except CheckpointError as e:
             raise AcquireError(str(e)) from None
     elif fmt == "tar":
-        try:
-            with tarfile.open(path, mode="r:*") as tf:
-                tf.getmembers()
-        except (tarfile.TarError, OSError, EOFError) as e:
-            raise AcquireError(f"{path} is a truncated or corrupt archive ({e}); download it again.") from None
+        try:  # header by header: bombs, links, devices and unsafe names are refused without extracting anything
+            tf, _members = open_tar(path, str(path))
+            tf.close()
+        except CheckpointError as e:
+            raise AcquireError(str(e)) from None
     elif fmt != "torch-legacy":
-        raise AcquireError(f"{path} is not a checkpoint (first bytes {head[:16]!r}); expected a torch zip, a tar or "
-                           "a legacy torch file.")
+        raise AcquireError(str(format_problem(fmt, head, str(path))))
     if sha256 and file_sha256(path) != sha256.lower():
         raise AcquireError(f"{path}: sha256 mismatch (expected {sha256}); the file is corrupt or a different version.")
     return path
