@@ -281,13 +281,13 @@ def _process_shards(rank: int, job: _Job, device: torch.device) -> dict:
     if job.channels_last:
         model = model.to(memory_format=torch.channels_last)
     mine = [s for s in job.shards if s[0] % job.world_size == rank]
-    todo = [s for s in mine if s[0] not in job.reuse]
+    to_compute = [s for s in mine if s[0] not in job.reuse]
     batches, batch_shard = [], []
-    for index, first, end in todo:
+    for index, first, end in to_compute:
         for start in range(first, end, job.batch_size):
             batches.append(np.arange(start, min(start + job.batch_size, end)))
             batch_shard.append(index)
-    shard_bounds = {index: (first, end) for index, first, end in todo}
+    shard_bounds = {index: (first, end) for index, first, end in to_compute}
 
     if job.gpu_decode:  # nvjpeg on the device (run_inference sets it on CUDA only; tests force it on CPU)
         stage = "bytes"
@@ -348,7 +348,7 @@ def _process_shards(rank: int, job: _Job, device: torch.device) -> dict:
     steady = ((images_done - len(batches[0])) / (batch_end_times[-1] - batch_end_times[0])
               if len(batch_end_times) > 1 and batch_end_times[-1] > batch_end_times[0] else None)
     return {"rank": rank, "images": images_done, "inference_s": elapsed, "steady_images_per_s": steady,
-            "peak_memory_mb": peak_mb, "shards_computed": len(todo), "shards_reused": len(mine) - len(todo),
+            "peak_memory_mb": peak_mb, "shards_computed": len(to_compute), "shards_reused": len(mine) - len(to_compute),
             "shards_done": [s[0] for s in mine],
             "gpu_decode_fallback_batches": decoder.fallback_batches}
 
