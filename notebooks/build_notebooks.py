@@ -33,8 +33,9 @@ except ImportError:
         _places += [p for pattern in ("*", "*/*", "*/*/*") for p in sorted(_top.glob(pattern))]
     _repo = next((p for p in _places if (p / "helpers" / "__init__.py").is_file()), None)
     if _repo is None:
-        raise ImportError("the helpers package was not found: pip install this repository, clone it into "
-                          "/kaggle/working, or attach it as a Kaggle dataset")
+        raise ImportError("the helpers package was not found: run the notebook from inside this repository "
+                          "(or put the repository on PYTHONPATH), clone it into /kaggle/working, or attach it "
+                          "as a Kaggle dataset")
     sys.path.insert(0, str(_repo))
     import helpers
 
