@@ -44,7 +44,7 @@ class ConfigError(ValueError):
 
 
 class CheckpointUnavailable(RuntimeError):
-    """No checkpoint could be found or downloaded and demo weights are not allowed."""
+    """No checkpoint could be found or downloaded (real data never falls back to random weights)."""
 
 
 # ------------------------------------------------------------------------------------------- parameters

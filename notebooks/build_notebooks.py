@@ -91,8 +91,8 @@ FAMILIES = {
     "mobilehumanpose": dict(
         file="mobilehumanpose.ipynb", title="MobileHumanPose (CVPRW 2021) on Human3.6M", default="lpski",
         intro=("MobileHumanPose: MobileNetV2-style inverted residuals with PReLU and a skip-concat decoder. "
-               "**No official weights exist**: without a `CHECKPOINT`, the run uses random-initialised demo weights "
-               "and says so in every table. `lpski` is the current repository version (32x32x32 output); "
+               "**No official weights exist**: on real data, set `CHECKPOINT` to a file you trust (a run without one "
+               "stops and says so); the embedded demo uses random-initialised weights and says so in every table. `lpski` is the current repository version (32x32x32 output); "
                "`lpski_2021` is the paper-era version (64x64x64) the published numbers describe.")),
     "integral": dict(
         file="integral_pose.ipynb", title="Integral Human Pose (ECCV 2018) on Human3.6M", default="R50",
