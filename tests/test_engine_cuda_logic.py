@@ -27,6 +27,7 @@ from helpers.pipeline import crop_images, flip_test_merge, normalize
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import golden  # noqa: E402  (tests/golden.py: the golden fill rule)
+from test_engine import tiny_pose_model  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities:DeprecationWarning")
 
@@ -34,12 +35,6 @@ SPEC = ModelSpec(model_id="tiny_standin", family="test", variant="t", builder="u
                  input_shape=(32, 32), output_shape=(8, 8), depth_dim=8)
 NUM_SAMPLES = 14  # batches of 3 in shards of 6: five batches (3, 3 | 3, 3 | 2)
 NUM_BATCHES = 5
-
-
-def tiny_pose_model() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
-                         nn.Linear(16, 18 * 3), nn.Unflatten(1, (18, 3))).eval()
 
 
 @pytest.fixture(scope="module")
