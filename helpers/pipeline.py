@@ -1,8 +1,8 @@
-"""Batched torch test-time pipeline of the 3DMPPE family (SPEC §4): crop, normalise, flip test.
+"""Batched torch test-time pipeline of the 3DMPPE family: crop, normalise, flip test (helpers/README.md).
 
 Crop, normalisation and flip work on whole batches on the tensors' own device (CPU or CUDA), with no
-per-image Python loop in the arithmetic (only `pad_batch`, run in the loader workers, copies image by
-image). Images are RGB, values 0-255, `(3, H, W)` as `torchvision.io.decode_jpeg`
+per-image Python loop in the arithmetic (only `pad_batch` copies image by image). The crop is the
+official uint8 OpenCV 4.x warp, reproduced bit for bit in integer arithmetic. Images are RGB, values 0-255, `(3, H, W)` as `torchvision.io.decode_jpeg`
 returns them (the official code reads BGR with OpenCV and converts, so the network sees RGB).
 """
 from __future__ import annotations
@@ -114,72 +114,181 @@ def pad_batch(images: Sequence[torch.Tensor]) -> torch.Tensor:
     return out.permute(0, 3, 1, 2)
 
 
-def _axis_taps(start: torch.Tensor, step: torch.Tensor, n_out: int, size: torch.Tensor):
-    """Integer taps and bilinear weights along one axis, for all images at once.
+# OpenCV 4.x warpAffine fixed-point constants (imgwarp.cpp): source coordinates carry INTER_BITS = 5
+# fractional bits (1/32 pixel) after an AB_SCALE = 2**10 fixed-point accumulation; bilinear weights are
+# integers summing to 2**15 (INTER_REMAP_COEF_BITS).
+_AB_BITS, _INTER_BITS, _COEF_BITS = 10, 5, 15
+_INTER_TAB = 1 << _INTER_BITS
+_ROUND_DELTA = 1 << (_AB_BITS - _INTER_BITS - 1)  # 16: rounds the 1/1024 position to the nearest 1/32
 
-    Source coordinate of crop pixel i is start + i*step (pixel centres at integers, OpenCV convention).
-    Taps outside the image get weight 0: the constant-0 border. Coordinates are float64 so a 1000-px
-    image keeps ~1e-13 px precision; the weights are then float32.
-    """
-    pos = start[:, None] + torch.arange(n_out, dtype=torch.float64, device=start.device)[None, :] * step[:, None]
-    lo = torch.floor(pos)
-    frac = pos - lo
-    lo = lo.to(torch.int64)
-    hi = lo + 1
-    limit = size[:, None]
-    w_lo = (1.0 - frac) * ((lo >= 0) & (lo < limit))
-    w_hi = frac * ((hi >= 0) & (hi < limit))
-    lo = lo.clamp(0, None).minimum(limit - 1)
-    hi = hi.clamp(0, None).minimum(limit - 1)
-    return lo, hi, w_lo.to(torch.float32), w_hi.to(torch.float32)
+
+def _solve_like_opencv(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Solve the (B,6,6) systems a·x = b in float64 the way OpenCV 4.x's small-matrix LU does (partial pivoting
+    on the first strictly largest |pivot|, elimination with the negated reciprocal, back-substitution dividing
+    by the pivot), so the matrix bits equal `cv2.getAffineTransform`'s. The bits matter: the float32 box
+    points make exact rounding ties frequent in the 1/1024 fixed-point positions, and the last bit decides."""
+    a, b = a.copy(), b.copy()
+    rows = np.arange(a.shape[0])
+    m = a.shape[1]
+    for i in range(m):
+        k = i + np.argmax(np.abs(a[:, i:, i]), axis=1)  # argmax keeps the first maximum, like OpenCV's `>`
+        swap_a, swap_b = a[rows, k].copy(), b[rows, k].copy()
+        a[rows, k], b[rows, k] = a[:, i].copy(), b[:, i].copy()
+        a[:, i], b[:, i] = swap_a, swap_b
+        d = -1.0 / a[:, i, i]
+        alpha = a[:, i + 1:, i] * d[:, None]  # (B, m-i-1)
+        a[:, i + 1:, i + 1:] += alpha[:, :, None] * a[:, i:i + 1, i + 1:]
+        b[:, i + 1:] += alpha * b[:, i:i + 1]
+    x = b
+    for i in range(m - 1, -1, -1):
+        s = x[:, i].copy()
+        for k2 in range(i + 1, m):
+            s -= a[:, i, k2] * x[:, k2]
+        x[:, i] = s / a[:, i, i]
+    return x
+
+
+def crop_matrices(bboxes, out_hw: Sequence[int]) -> np.ndarray:
+    """The official crop's affine matrices (B,2,3) float64, box -> crop, as `cv2.getAffineTransform` builds them.
+
+    The official code maps three float32 points of each box (centre, centre + (0, h/2), centre + (w/2, 0);
+    the centre x + w/2 computed in float64, then stored as float32) to the crop's (W/2, H/2), (W/2, H),
+    (W, H/2), and solves the 6x6 system in float64 (helpers/README.md, "The crop")."""
+    boxes = np.asarray(bboxes, dtype=np.float64).reshape(-1, 4)
+    out_h, out_w = (int(v) for v in out_hw)
+    centre = np.stack([boxes[:, 0] + 0.5 * boxes[:, 2], boxes[:, 1] + 0.5 * boxes[:, 3]], 1).astype(np.float32)
+    zero = np.zeros(len(boxes), np.float32)
+    down = np.stack([zero, (boxes[:, 3] * 0.5).astype(np.float32)], 1)
+    right = np.stack([(boxes[:, 2] * 0.5).astype(np.float32), zero], 1)
+    src = np.stack([centre, centre + down, centre + right], 1).astype(np.float64)  # (B,3,2), float32 values
+    dst = np.array([[out_w * 0.5, out_h * 0.5], [out_w * 0.5, out_h * 1.0], [out_w * 1.0, out_h * 0.5]],
+                   np.float32).astype(np.float64)
+    a = np.zeros((len(boxes), 6, 6))
+    a[:, 0::2, 0:2] = src
+    a[:, 0::2, 2] = 1.0
+    a[:, 1::2, 3:5] = src
+    a[:, 1::2, 5] = 1.0
+    b = np.broadcast_to(dst.reshape(1, 6), (len(boxes), 6))
+    return _solve_like_opencv(a, b).reshape(-1, 2, 3)
+
+
+def _invert_affine(m: np.ndarray) -> np.ndarray:
+    """warpAffine's own inversion of the (B,2,3) matrices, operation for operation (crop -> box)."""
+    m0, m1, m2, m3, m4, m5 = (m.reshape(-1, 6)[:, i] for i in range(6))
+    d = m0 * m4 - m1 * m3
+    d = np.where(d != 0, 1.0 / np.where(d != 0, d, 1.0), 0.0)
+    a11, a22 = m4 * d, m0 * d
+    m1, m3 = m1 * -d, m3 * -d
+    b1 = -a11 * m2 - m1 * m5
+    b2 = -m3 * m2 - a22 * m5
+    return np.stack([a11, m1, b1, m3, a22, b2], 1).reshape(-1, 2, 3)
+
+
+def _fixed_point_coords(bboxes, out_hw: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Per crop pixel, the source position in 1/32 pixels as OpenCV 4.x computes it: (B,h,w) int64 X, Y.
+
+    Computed on the CPU in float64 then integers (`np.rint` rounds half to even, like cvRound), so every
+    device receives the same integers."""
+    out_h, out_w = (int(v) for v in out_hw)
+    inv = _invert_affine(crop_matrices(bboxes, out_hw)).reshape(-1, 6)
+    scale = float(1 << _AB_BITS)
+    x = np.arange(out_w, dtype=np.float64)
+    y = np.arange(out_h, dtype=np.float64)
+    adelta = np.rint(inv[:, 0:1] * x * scale).astype(np.int64)  # (B,w)
+    bdelta = np.rint(inv[:, 3:4] * x * scale).astype(np.int64)
+    x0 = np.rint((inv[:, 1:2] * y + inv[:, 2:3]) * scale).astype(np.int64) + _ROUND_DELTA  # (B,h)
+    y0 = np.rint((inv[:, 4:5] * y + inv[:, 5:6]) * scale).astype(np.int64) + _ROUND_DELTA
+    shift = _AB_BITS - _INTER_BITS
+    big_x = (x0[:, :, None] + adelta[:, None, :]) >> shift
+    big_y = (y0[:, :, None] + bdelta[:, None, :]) >> shift
+    return big_x, big_y
 
 
 def crop_images(images, bboxes, out_hw: Sequence[int]) -> torch.Tensor:
-    """Affine-warp each box to an `out_hw` crop: bilinear, constant-0 border, OpenCV pixel centres.
+    """The official crop: each box warped to an `out_hw` uint8 crop exactly as OpenCV 4.x `warpAffine`
+    (INTER_LINEAR, BORDER_CONSTANT 0) warps a uint8 image, bit for bit.
 
-    images: a `(B,3,H,W)` tensor (any memory layout, e.g. from `pad_batch`) or a list of `(3,H_i,W_i)`
-        tensors (sizes may differ, e.g. 1000x1002 and 1000x1000), uint8 or float, RGB 0-255, one device.
-    bboxes: `(B,4)` `[x, y, w, h]` in image pixels (array or tensor).
-    Returns `(B,3,h,w)` float32 RGB 0-255 on the images' device.
+    images: a `(B,3,H,W)` uint8 tensor (any memory layout; zero padding beyond an image's own size is
+        fine, e.g. from `pad_batch`: a tap there reads 0, which is the border value) or a list of
+        `(3,H_i,W_i)` uint8 tensors (sizes may differ), RGB, one device.
+    bboxes: `(B,4)` processed boxes `[x, y, w, h]` in image pixels (array or tensor).
+    Returns `(B,3,h,w)` uint8 RGB on the images' device.
 
-    Crop pixel (i, j) samples the source at (x + i*w/out_w, y + j*h/out_h), which maps the box centre
-    to the crop centre like the official `cv2.warpAffine` (without its 1/32-pixel weight rounding).
-    The map is axis-aligned, so the bilinear weights are separable; the four taps are gathered through
-    each image's strides from one flat buffer holding every image (mixed sizes need no padding). This is numerically the
-    `grid_sample(align_corners=True, padding_mode="zeros")` warp, but with float64 source coordinates:
-    float32 normalised grids lose ~1e-4 px at 1000 px, i.e. up to ~0.03 grey levels at sharp edges.
+    Integer arithmetic from the source positions on (computed once on the CPU), so CPU and CUDA give
+    identical crops. Source position of crop pixel (i, j) is close to (x + i*w/W, y + j*h/H), rounded to
+    1/32 pixel; each of the four taps outside the image contributes 0; the weighted sum of the integer
+    weights (32-fy)(32-fx)*32, ... is rounded with +2**14 >> 15. See helpers/README.md, "The crop".
     """
     out_h, out_w = (int(v) for v in out_hw)
     if out_h <= 0 or out_w <= 0:
         raise ValueError(f"out_hw must be positive (h, w); got {tuple(out_hw)}")
     flat, offsets, heights, widths, strides = _flatten_images(images)
+    if flat.dtype != torch.uint8:
+        raise ValueError(f"crop_images takes uint8 images (decoded JPEGs); got {flat.dtype}. The official crop is "
+                         "a uint8 warp: convert exact 0-255 values with .to(torch.uint8) first")
     batch = offsets.shape[0]
-    boxes = _as_bbox_tensor(bboxes, batch, flat.device)
+    boxes = _as_bbox_tensor(bboxes, batch, torch.device("cpu")).numpy()
+    big_x, big_y = _fixed_point_coords(boxes, (out_h, out_w))
+    out = torch.empty((batch, 3, out_h, out_w), dtype=torch.uint8, device=flat.device)
+    # Axis-aligned boxes almost always give a column-only X and a row-only Y; those crops take the separable
+    # path (two small gathers per image). The matrix's ~1e-19 off-diagonal terms can shift one row's X by a
+    # 1/32 step, so the general path stays for them. Both are the same integer arithmetic.
+    separable = (big_x == big_x[:, :1, :]).all(axis=(1, 2)) & (big_y == big_y[:, :, :1]).all(axis=(1, 2))
+    meta = torch.stack([offsets, heights, widths, strides[:, 0], strides[:, 1], strides[:, 2]], 1).tolist()
+    for b in range(batch):
+        offset, height, width, s_c, s_y, s_x = meta[b]
+        image = flat.as_strided((3, height, width), (s_c, s_y, s_x), offset)
+        if separable[b]:
+            out[b] = _warp_separable(image, big_x[b, 0], big_y[b, :, 0])
+        else:
+            out[b] = _warp_general(image, big_x[b], big_y[b])
+    return out
 
-    x0, x1, wx0, wx1 = _axis_taps(boxes[:, 0], boxes[:, 2] / out_w, out_w, widths)
-    y0, y1, wy0, wy1 = _axis_taps(boxes[:, 1], boxes[:, 3] / out_h, out_h, heights)
 
-    # Flat index of (image b, channel c, row y, col x) = offset_b + c*stride_c + y*stride_y + x*stride_x.
-    channel = torch.arange(3, device=flat.device)[None, :, None] * strides[:, 0:1, None]  # (B,3,1)
-    base = offsets[:, None, None] + channel
-    rows0 = (base + (y0 * strides[:, 1:2])[:, None, :])[..., None]  # (B,3,h,1)
-    rows1 = (base + (y1 * strides[:, 1:2])[:, None, :])[..., None]
-    cols0 = (x0 * strides[:, 2:3])[:, None, None, :]  # (B,1,1,w)
-    cols1 = (x1 * strides[:, 2:3])[:, None, None, :]
-    wx0, wx1 = wx0[:, None, None, :], wx1[:, None, None, :]
-    wy0, wy1 = wy0[:, None, :, None], wy1[:, None, :, None]
+def _taps_1d(fixed: np.ndarray, size: int):
+    """Clamped indices of the two taps along one axis and their integer weights (0 outside the image)."""
+    lo, frac = fixed >> _INTER_BITS, fixed & (_INTER_TAB - 1)
+    w_lo = np.where((lo >= 0) & (lo < size), _INTER_TAB - frac, 0)
+    w_hi = np.where((lo + 1 >= 0) & (lo + 1 < size), frac, 0)
+    return np.clip(lo, 0, size - 1), np.clip(lo + 1, 0, size - 1), w_lo, w_hi
 
-    # One index tensor walks the four taps in place (00, 01, 10, 11): the temporaries of a (B,3,h,w)
-    # batch, not the arithmetic, dominate the cost on CPU.
-    index = rows0 + cols0
-    top = flat[index].to(torch.float32).mul_(wx0)
-    index += cols1 - cols0
-    top.addcmul_(flat[index].to(torch.float32), wx1)
-    index += (rows1 - rows0) - (cols1 - cols0)
-    bottom = flat[index].to(torch.float32).mul_(wx0)
-    index += cols1 - cols0
-    bottom.addcmul_(flat[index].to(torch.float32), wx1)
-    return top.mul_(wy0).addcmul_(bottom, wy1)
+
+def _warp_separable(image: torch.Tensor, fixed_x: np.ndarray, fixed_y: np.ndarray) -> torch.Tensor:
+    """One crop whose X depends on the column only and Y on the row only; integer-exact.
+
+    The 2-D weights are products (wy·wx·32), so the sum factorises: a horizontal pass over the 2h source rows
+    needed, then a vertical pass, with no rounding in between."""
+    out_w, out_h = len(fixed_x), len(fixed_y)
+    x0, x1, wx0, wx1 = _taps_1d(fixed_x, image.shape[2])
+    y0, y1, wy0, wy1 = _taps_1d(fixed_y, image.shape[1])
+    device = image.device
+    # Gather in the image's own memory order ((H, W, 3) for decoded JPEGs): whole-row copies, then columns.
+    hwc = image.permute(1, 2, 0)
+    rows = hwc.index_select(0, torch.from_numpy(np.concatenate([y0, y1])).to(device))
+    taps = rows.index_select(1, torch.from_numpy(np.concatenate([x0, x1])).to(device)).to(torch.int32)
+    wx = torch.from_numpy(np.stack([wx0, wx1]).astype(np.int32)).to(device)[:, :, None]
+    wy = torch.from_numpy(np.stack([wy0, wy1]).astype(np.int32) * _INTER_TAB).to(device)[:, :, None, None]
+    horizontal = taps[:, :out_w] * wx[0] + taps[:, out_w:] * wx[1]  # (2h, w, 3)
+    total = horizontal[:out_h] * wy[0] + horizontal[out_h:] * wy[1]
+    total = total.add_(1 << (_COEF_BITS - 1)).bitwise_right_shift_(_COEF_BITS).clamp_(0, 255).to(torch.uint8)
+    return total.permute(2, 0, 1)
+
+
+def _warp_general(image: torch.Tensor, fixed_x: np.ndarray, fixed_y: np.ndarray) -> torch.Tensor:
+    """One crop from per-pixel fixed-point positions (h, w): the four taps gathered one by one."""
+    height, width = image.shape[1:]
+    device = image.device
+    sx, fx = fixed_x >> _INTER_BITS, fixed_x & (_INTER_TAB - 1)
+    sy, fy = fixed_y >> _INTER_BITS, fixed_y & (_INTER_TAB - 1)
+    total = torch.zeros((3,) + fixed_x.shape, dtype=torch.int32, device=device)
+    for dy, dx in ((0, 0), (0, 1), (1, 0), (1, 1)):
+        tx, ty = sx + dx, sy + dy
+        inside = (tx >= 0) & (tx < width) & (ty >= 0) & (ty < height)
+        weight = (fy if dy else _INTER_TAB - fy) * (fx if dx else _INTER_TAB - fx) * _INTER_TAB * inside
+        taps = image[:, torch.from_numpy(np.clip(ty, 0, height - 1)).to(device),
+                     torch.from_numpy(np.clip(tx, 0, width - 1)).to(device)]
+        total += taps.to(torch.int32) * torch.from_numpy(weight.astype(np.int32)).to(device)
+    return total.add_(1 << (_COEF_BITS - 1)).bitwise_right_shift_(_COEF_BITS).clamp_(0, 255).to(torch.uint8)
 
 
 def normalize(x: torch.Tensor, kind: str) -> torch.Tensor:

@@ -1,35 +1,30 @@
-"""Shared test fixtures. `../shared` must exist beside the repository: tests that need it fail loudly."""
+"""Shared test fixtures: the golden fixtures and real side data the tests use live in `tests/data/`
+(copied into the repository, see `tests/data/README.md`), so a clone with nothing beside it runs every test."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
+DATA = Path(__file__).resolve().parent / "data"
 
 
 def _require(path: Path) -> Path:
     if not path.exists():
-        pytest.fail(f"required shared fixture folder is missing: {path} (clone the project with ../shared beside it)")
+        pytest.fail(f"test data folder is missing from the repository: {path} (see tests/data/README.md)")
     return path
 
 
 @pytest.fixture(scope="session")
-def shared_dir() -> Path:
-    return _require(SHARED)
-
-
-@pytest.fixture(scope="session")
 def golden_models_dir() -> Path:
-    return _require(SHARED / "golden" / "models")
+    return _require(DATA / "golden" / "models")
 
 
 @pytest.fixture(scope="session")
 def golden_eval_dir() -> Path:
-    return _require(SHARED / "golden" / "h36m_eval")
+    return _require(DATA / "golden" / "h36m_eval")
 
 
 @pytest.fixture(scope="session")
 def real_data_dir() -> Path:
-    return _require(SHARED / "data" / "h36m_real")
+    return _require(DATA / "h36m_real")

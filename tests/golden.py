@@ -1,4 +1,4 @@
-"""Golden model fixtures: fill rule v1 and fixture input (see ../shared/golden/README.md).
+"""Golden model fixtures: fill rule v1 and fixture input (see tests/data/golden/README.md).
 
 Test-only code: it builds the exact state dicts the official implementations were run with.
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-GOLDEN_MODELS = Path(__file__).resolve().parents[1].parent / "shared" / "golden" / "models"
+GOLDEN_MODELS = Path(__file__).resolve().parent / "data" / "golden" / "models"
 
 
 def fixture_paths(include_legacy: bool = True) -> list[Path]:

@@ -1,5 +1,5 @@
 """Every golden model fixture, saved in the official on-disk layout, loads by detection alone and reproduces
-the official coordinates (../shared/golden/models, fill rule v1)."""
+the official coordinates (tests/data/golden/models, fill rule v1)."""
 from __future__ import annotations
 
 import os

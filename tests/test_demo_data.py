@@ -1,7 +1,7 @@
 """The generated demo dataset: determinism, exact 3DMPPE format, counts, geometry, bbox_root, reruns.
 
 Expected formats, ids, sequence sets and image sizes come from the golden annotation files
-(../shared/golden/h36m_eval/annotations); geometry is recomputed here with plain numpy.
+(tests/data/golden/h36m_eval/annotations); geometry is recomputed here with plain numpy.
 """
 from __future__ import annotations
 

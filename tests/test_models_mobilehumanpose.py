@@ -1,7 +1,7 @@
-"""MobileHumanPose parity with the official code, through the golden fixtures in ../shared/golden/models.
+"""MobileHumanPose parity with the official code, through the golden fixtures in tests/data/golden/models.
 
 Each fixture pins the official state-dict layout, a deterministic weight fill and input, and the
-coordinates the official code produced; see ../shared/golden/README.md.
+coordinates the official code produced; see tests/data/golden/README.md.
 """
 from __future__ import annotations
 
