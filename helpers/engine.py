@@ -1,29 +1,35 @@
-"""Batched, flip-tested, AMP, multi-process, resumable inference over a Human3.6M test set.
+"""Batched, flip-tested, multi-process, resumable inference over a Human3.6M test set, fp32 by default.
 
-`run_inference(model_spec, checkpoint_or_model, test_set, image_paths, config)` streams the test
-images, never holding more than a few batches: DataLoader workers read the JPEG bytes in the background.
-On CUDA, nvjpeg decodes them batched on the GPU (or the workers decode, with `gpu_decode=False`), and
-crop, normalisation, flip and forward run batched on the GPU with fp16 autocast. On CPU the workers also
-decode, crop and normalise (batched), so that work overlaps the forward pass on the shared cores. The model's
-`ModelSpec` alone decides input size, normalisation and output decoding.
+`run_inference(model_spec, checkpoint_or_model, test_set, image_paths, config)` works in two steps:
+
+1. **Crops.** `crop_cache.ensure_crops` decodes each JPEG (on the CPU, in `num_workers` loader processes) and
+   makes the official uint8 crop once per crop rule; the crops are cached memory-mapped, so every later model
+   and notebook run with the same rule reads them instead of decoding again.
+2. **Forward.** Batches of cached crops are normalised and flipped on the device and run through the model
+   (the flip test is one forward of 2B images). On CUDA out-of-memory the batch is halved for the rest of the
+   run. The model's `ModelSpec` alone decides input size, normalisation and output decoding.
+
+**Precision** is `"fp32"` (the official setting) unless `"fp16"` or `"bf16"` is asked for (autocast, on CUDA
+or CPU). A reduced-precision run is first compared with fp32 on a calibration sample of its own crops; the
+deviation is recorded in `precision_check`, and beyond `precision_tolerance_mm` the run falls back to fp32
+(or stops, with `precision_fallback=False`). A batch with a non-finite output is recomputed in fp32.
 
 Work is cut into shards of `shard_size` consecutive samples. Shard k goes to rank k % world_size; each
 shard is split into batches from its own start, so every sample is computed in the same batch whatever
 the number of processes (1-process and 2-process CPU runs give identical numbers). Each finished shard
 is written atomically to `out_dir/shards/shard_#####.npz` with a fingerprint of (model weights, spec,
-settings, samples); a rerun with `resume=True` reuses matching shards and never mixes in stale ones.
+settings, crops); a rerun with `resume=True` reuses matching shards and never mixes in stale ones.
 With world_size > 1 one spawned process per device works through its shards inside a `torch.distributed`
 process group (NCCL on CUDA, gloo on CPU): after its shards, each rank gathers to rank 0 what it computed
-(its shard list and statistics), and rank 0 checks that every shard was done exactly once. The shard files
-are the data path, so an interrupted run keeps its finished shards. The parent then writes
-`out_dir/predictions.npz` atomically from the shards, in sample order:
+(its shard list and statistics), and rank 0 checks that every shard was done exactly once. The parent then
+writes `out_dir/predictions.npz` atomically from the shards, in sample order:
 
 pose models (`spec.kind == "pose"`): `image_id` (N,) int64, `coords` (N,J,3) float32 heatmap units after
     the flip merge, `output_shape` (2,) (H, W), `depth_dim` (), `bbox` (N,4) the crop boxes, and the
-    extras `model_id`, `kind`, `flip_test`.
+    extras `model_id`, `kind`, `flip_test`, `precision`.
 RootNet (`spec.kind == "root"`): `image_id`, `root_output` (N,3) float32 raw network output (x, y
     heatmap pixels, z mm), `root_cam` (N,3) float64 camera mm, `bbox`, `output_shape`, `depth_dim`,
-    `model_id`, `kind`, `flip_test` (always false: the official RootNet test runs no flip test).
+    `model_id`, `kind`, `flip_test` (always false: the official RootNet test runs no flip test), `precision`.
 """
 from __future__ import annotations
 
@@ -35,8 +41,7 @@ import json
 import os
 import pickle
 import time
-import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -45,16 +50,25 @@ import torch
 
 from . import geometry
 from .atomic import save_npz, write_json
+from .crop_cache import CropStore, ensure_crops
 from .h36m import DataError
-from .pipeline import crop_images, flip_images, flip_test_merge, normalize, pad_batch
+from .images import ImageReadError, read_image, short_error  # noqa: F401  (ImageReadError is part of this API)
+from .pipeline import flip_images, flip_test_merge, normalize
+from .protocol import EVAL_JOINTS
 
 PREDICTIONS_FILE = "predictions.npz"
 SHARD_DIR = "shards"
-_FINGERPRINT_VERSION = 1
+_FINGERPRINT_VERSION = 2
+
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# A reduced-precision run is kept only if no calibration joint moved by more than this (root-relative mm;
+# RootNet: the root position). 1 mm is well below any difference between published models.
+PRECISION_TOLERANCE_MM = 1.0
+CALIBRATION_SAMPLES = 64
 
 
-class ImageReadError(DataError):
-    """A test image could not be read or decoded; the message names the file."""
+class PrecisionError(RuntimeError):
+    """Reduced precision deviated from fp32 beyond the tolerance and the run was asked to stop."""
 
 
 @dataclass
@@ -63,18 +77,23 @@ class InferenceConfig:
 
     batch_size: int = 64
     flip_test: bool = True
-    amp: bool | None = None  # fp16 autocast; None means on for CUDA. Always off on CPU.
+    precision: str = "fp32"  # "fp32" (official) | "fp16" | "bf16": reduced precision is checked against fp32
+    precision_tolerance_mm: float = PRECISION_TOLERANCE_MM
+    precision_fallback: bool = True  # beyond the tolerance: True runs fp32 instead, False stops (PrecisionError)
+    calibration_samples: int = CALIBRATION_SAMPLES
     channels_last: bool = True
     device: str = "auto"  # "auto" | "cpu" | "cuda"
     world_size: int | None = None  # processes, one per device; None: number of CUDA GPUs, 1 on CPU
-    num_workers: int = 2  # background processes reading (and on CPU decoding) the JPEGs, per rank
-    image_limit: int | None = None  # evaluate only the first K samples
+    num_workers: int = 2  # loader processes that decode and crop the JPEGs (cache misses only)
+    decode: str = "cpu"  # "cpu" (exact) | "gpu" (nvjpeg on CUDA, checked against the CPU decoder and recorded)
+    image_limit: int | None = None  # run the first K samples only
     shard_size: int = 1024  # samples per shard file (a multiple of batch_size avoids short batches)
     out_dir: str | os.PathLike = "outputs/inference"
+    cache_dir: str | os.PathLike | None = None  # crop cache; None: environment.default_cache_dir()
+    crop_rule: dict | None = None  # descriptive fields of the crop rule (box source, box rule), part of the key
     resume: bool = True
     seed: int = 0
     cpu_threads: int | None = None  # torch threads per process on CPU; None: the cores split over the ranks
-    gpu_decode: bool = True  # decode with nvjpeg on CUDA (batched); False decodes in the CPU workers
     progress: bool = True
 
 
@@ -84,11 +103,10 @@ class _Job:
 
     model: torch.nn.Module
     kind: str
-    input_shape: tuple[int, int]
     output_shape: tuple[int, int]
     normalization: str
     flip_pairs: tuple[tuple[int, int], ...]
-    paths: list[str]
+    crops: CropStore
     bbox: np.ndarray  # (N, 4) float64
     f: np.ndarray  # (N, 2) float64
     shards: list[tuple[int, int, int]]  # (shard index, first sample, end sample)
@@ -96,122 +114,38 @@ class _Job:
     fingerprint: str
     batch_size: int
     flip_test: bool
-    amp: bool
+    precision: str  # the precision used (after the calibration check)
     channels_last: bool
     device_type: str
     world_size: int
-    num_workers: int
     cpu_threads: int
-    gpu_decode: bool
     seed: int
     progress: bool
     output_width: tuple[int, ...] = ()  # per-image output shape: (J, 3) pose, (3,) root
-    reuse: set = field(default_factory=set)  # shard indices already complete on disk
+    reuse: frozenset = frozenset()  # shard indices already complete on disk
     dist_init_method: str = ""  # rendezvous of the process group (world_size > 1), on the loopback interface
-
-
-# ---------------------------------------------------------------- reading images
-
-def _decode_rgb(data: torch.Tensor, device: str = "cpu"):
-    from torchvision.io import ImageReadMode, decode_jpeg
-
-    with warnings.catch_warnings():  # torchvision 0.29 flags its image codecs as deprecated on every call
-        warnings.simplefilter("ignore", DeprecationWarning)
-        return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
-
-
-def _short(exc: Exception) -> str:
-    """The last line of a torchvision codec error, without the C++ source location."""
-    text = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-    return text.split(", ")[-1] if "decode_jpeg" in text else text
-
-
-def _image_error(path: str, reason: str) -> ImageReadError:
-    return ImageReadError(f"test image {path} {reason}. Replace the file with the original JPEG (or remove it "
-                          "and rerun with the skip-missing-images option, which records it as skipped).")
-
-
-def _read_jpeg_bytes(path: str) -> torch.Tensor:
-    try:
-        data = torch.from_numpy(np.fromfile(path, dtype=np.uint8))
-    except OSError as exc:
-        raise _image_error(path, f"cannot be read ({exc.strerror or exc})") from None
-    if data.numel() == 0:
-        raise _image_error(path, "is empty (0 bytes)")
-    return data
-
-
-def read_image(path: str | os.PathLike, decode: bool = True) -> torch.Tensor:
-    """One JPEG as uint8 RGB (3, H, W), or its raw bytes with `decode=False`; ImageReadError names the file."""
-    data = _read_jpeg_bytes(str(path))
-    if not decode:
-        return data
-    try:
-        return _decode_rgb(data)
-    except RuntimeError as exc:
-        raise _image_error(str(path), f"is not a readable JPEG ({_short(exc)})") from None
-
-
-class _BatchReader(torch.utils.data.Dataset):
-    """Item i = one batch of sample positions, read in a loader worker at one of three stages:
-
-    "bytes": the raw JPEG bytes (nvjpeg decodes them on the GPU);
-    "images": decoded into one zero-padded (B,3,H,W) uint8 tensor (`pipeline.pad_batch`): one transfer
-        to the device, no concatenation in the device process;
-    "inputs": also cropped and normalised: the network input (B,3,h,w) float32. Used on CPU, where the
-        worker processes share the cores with the model: that work then overlaps the forward pass.
-    Errors are returned as data, not raised, so the main process reports the path cleanly instead of a
-    DataLoader worker traceback.
-    """
-
-    def __init__(self, paths: Sequence[str], batches: Sequence[np.ndarray], stage: str, bbox: np.ndarray,
-                 input_shape: tuple[int, int], normalization: str, channels_last: bool):
-        self.paths, self.batches, self.stage = paths, batches, stage
-        self.bbox, self.input_shape, self.normalization = bbox, input_shape, normalization
-        self.channels_last = channels_last
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-    def __getitem__(self, i: int) -> dict:
-        positions = self.batches[i]
-        try:
-            images = [read_image(self.paths[pos], decode=self.stage != "bytes") for pos in positions]
-        except ImageReadError as exc:
-            return {"positions": positions, "error": str(exc)}
-        if self.stage == "bytes":
-            return {"positions": positions, "bytes": images, "error": None}
-        padded = pad_batch(images)
-        if self.stage == "images":
-            return {"positions": positions, "images": padded, "error": None}
-        inputs = prepare_inputs(padded, self.bbox[positions], input_shape=self.input_shape,
-                                normalization=self.normalization, channels_last=self.channels_last)
-        return {"positions": positions, "inputs": inputs, "error": None}
-
-
-def _worker_init(_worker_id: int) -> None:
-    torch.set_num_threads(1)  # decoding is single-threaded; leave the cores to the model
 
 
 # ---------------------------------------------------------------- forward pass
 
-# Mixed precision is float16: Kaggle's T4 (sm_75) has no bfloat16 support.
-AMP_DTYPE = torch.float16
+def _autocast(device_type: str, precision: str):
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device_type, dtype=PRECISIONS[precision])
 
 
-def forward_batch(model: torch.nn.Module, x: torch.Tensor, *, kind: str, flip_test: bool, amp: bool,
+def forward_batch(model: torch.nn.Module, x: torch.Tensor, *, kind: str, flip_test: bool, precision: str = "fp32",
                   output_width: int, flip_pairs, k: torch.Tensor | None = None) -> torch.Tensor:
     """Run the model on a normalised batch `x` (B,3,H,W), with the flip test as ONE forward of 2B images.
 
-    `amp` runs the forward under float16 autocast on `x`'s device (the engine enables it on CUDA only).
+    `precision` "fp16"/"bf16" runs the forward under autocast on `x`'s device; "fp32" runs it plainly.
     Pose: returns (B,J,3) float32 heatmap units (flip-merged when `flip_test`). Root: `k` (B,1) is
     required, no flip test, returns (B,3) float32 (x, y heatmap pixels, z mm).
     """
     batch = x.shape[0]
     if flip_test and kind == "pose":
         x = torch.cat([x, flip_images(x)])
-    autocast = torch.autocast(device_type=x.device.type, dtype=AMP_DTYPE) if amp else contextlib.nullcontext()
-    with autocast:
+    with _autocast(x.device.type, precision):
         out = model(x, k) if kind == "root" else model(x)
     out = out.float()  # the soft-argmax runs in float32 inside the models; keep the coordinates float32
     if flip_test and kind == "pose":
@@ -219,10 +153,129 @@ def forward_batch(model: torch.nn.Module, x: torch.Tensor, *, kind: str, flip_te
     return out
 
 
-def prepare_inputs(images, bboxes, *, input_shape, normalization: str, channels_last: bool) -> torch.Tensor:
-    """Crop and normalise a batch of decoded images (one device): the network input (B,3,H,W) float32."""
-    x = normalize(crop_images(images, bboxes, input_shape), normalization)
+def prepare_inputs(crops, *, normalization: str, channels_last: bool, device=None) -> torch.Tensor:
+    """Normalise a batch of uint8 crops (B,3,H,W) (array or tensor) on `device`: the network input, float32."""
+    crops = torch.as_tensor(crops)
+    if device is not None:
+        crops = crops.to(device, non_blocking=True)
+    x = normalize(crops, normalization)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def _is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+class _BatchRunner:
+    """Forward passes over cached crops at a batch size that halves on out-of-memory (timm validate's policy),
+    with reduced-precision batches that come out non-finite recomputed in fp32."""
+
+    def __init__(self, model, job_like, device: torch.device, batch_size: int, precision: str):
+        self.model, self.job, self.device = model, job_like, device
+        self.batch_size, self.precision = int(batch_size), precision
+        self.nonfinite_batches = 0
+        self.oom_events = 0
+
+    def _k(self, positions: np.ndarray):
+        if self.job.kind != "root":
+            return None
+        return torch.from_numpy(geometry.rootnet_k_value(self.job.bbox[positions], self.job.f[positions])).to(self.device)
+
+    def forward(self, positions: np.ndarray, crops: np.ndarray, precision: str) -> torch.Tensor:
+        job = self.job
+        x = prepare_inputs(crops, normalization=job.normalization, channels_last=job.channels_last, device=self.device)
+        return forward_batch(self.model, x, kind=job.kind, flip_test=job.flip_test, precision=precision,
+                             output_width=job.output_shape[1], flip_pairs=job.flip_pairs, k=self._k(positions))
+
+    def run(self, positions: np.ndarray, read, precision: str | None = None) -> np.ndarray:
+        """Outputs for `positions` (consecutive or not); `read(sub_positions)` returns their uint8 crops."""
+        precision = precision or self.precision
+        outputs, start = [], 0
+        while start < len(positions):
+            chunk = positions[start:start + self.batch_size]
+            try:
+                out = self.forward(chunk, read(chunk), precision)
+                if precision != "fp32" and not torch.isfinite(out).all():
+                    self.nonfinite_batches += 1
+                    out = self.forward(chunk, read(chunk), "fp32")
+            except (torch.OutOfMemoryError, RuntimeError) as exc:
+                if not _is_oom(exc) or self.batch_size == 1:
+                    raise
+                self.oom_events += 1
+                self.batch_size = max(1, self.batch_size // 2)
+                _note(f"out of memory at batch size {self.batch_size * 2}; continuing at {self.batch_size}")
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                continue
+            expected = (len(chunk),) + self.job.output_width
+            if tuple(out.shape) != expected:
+                raise ValueError(f"the model returned shape {tuple(out.shape)} for {len(chunk)} images; its spec "
+                                 f"expects {expected} (pose: joint_num x 3, root: 3)")
+            outputs.append(out.cpu().numpy())
+            start += len(chunk)
+        return np.concatenate(outputs)
+
+
+def _note(text: str) -> None:
+    from tqdm.auto import tqdm
+
+    tqdm.write(f"note: {text}")
+
+
+# ---------------------------------------------------------------- precision check
+
+def _outputs_to_mm(spec, out: np.ndarray, positions: np.ndarray, test_set, bbox: np.ndarray) -> np.ndarray:
+    """Pose: root-relative camera mm of the evaluated joints (n, 17, 3). Root: camera mm (n, 1, 3)."""
+    f = np.asarray(test_set.f, dtype=np.float64)[positions]
+    c = np.asarray(test_set.c, dtype=np.float64)[positions]
+    if spec.kind == "root":
+        return root_output_to_camera(out, bbox[positions], f, c, spec.output_shape)[:, None]
+    root_z = np.asarray(test_set.root_cam, dtype=np.float64)[positions, 2]
+    cam = geometry.heatmap_to_camera(out.astype(np.float64), bbox[positions], root_z, f, c, spec.output_shape,
+                                     spec.depth_dim, spec.depth_extent_mm)
+    return (cam - cam[:, :1])[:, :EVAL_JOINTS]
+
+
+def check_precision(spec, runner: _BatchRunner | None, crops: CropStore, test_set, bbox: np.ndarray, n: int,
+                    config: InferenceConfig) -> dict:
+    """Compare the requested reduced precision with fp32 on an even sample of the run's own crops."""
+    requested = config.precision
+    record = {"requested": requested, "used": requested, "samples": 0, "max_abs_diff_heatmap": None,
+              "max_abs_diff_mm": None, "mean_abs_diff_mm": None, "nonfinite_batches": 0, "fell_back": False,
+              "tolerance_mm": float(config.precision_tolerance_mm)}
+    if requested == "fp32":
+        return record
+    count = max(1, min(int(config.calibration_samples), n))
+    positions = np.unique(np.linspace(0, n - 1, count).round().astype(np.int64))
+    read = crops.take
+    reference = runner.run(positions, read, "fp32")
+    before = runner.nonfinite_batches
+    runner.nonfinite_batches = 0
+    # Compare the raw reduced-precision outputs: the per-batch fp32 recompute would hide what it does.
+    reduced = np.concatenate([runner.forward(positions[i:i + runner.batch_size],
+                                             read(positions[i:i + runner.batch_size]), requested).cpu().numpy()
+                              for i in range(0, len(positions), runner.batch_size)])
+    runner.nonfinite_batches = before
+    finite = np.isfinite(reduced).all(axis=tuple(range(1, reduced.ndim)))
+    record["samples"] = int(len(positions))
+    record["calibration_nonfinite_samples"] = int((~finite).sum())
+    if finite.any():
+        diff_mm = np.linalg.norm(_outputs_to_mm(spec, reduced[finite], positions[finite], test_set, bbox)
+                                 - _outputs_to_mm(spec, reference[finite], positions[finite], test_set, bbox), axis=-1)
+        record["max_abs_diff_heatmap"] = float(np.abs(reduced[finite] - reference[finite]).max())
+        record["max_abs_diff_mm"] = float(diff_mm.max())
+        record["mean_abs_diff_mm"] = float(diff_mm.mean())
+    ok = finite.all() and record["max_abs_diff_mm"] <= config.precision_tolerance_mm
+    if not ok:
+        why = (f"{record['calibration_nonfinite_samples']} of {len(positions)} calibration samples gave NaN/inf"
+               if not finite.all() else
+               f"joints moved by up to {record['max_abs_diff_mm']:.3f} mm (tolerance {config.precision_tolerance_mm} mm)")
+        if not config.precision_fallback:
+            raise PrecisionError(f"{requested} deviates from fp32 on this run's own crops: {why}. Run with "
+                                 "PRECISION = \"fp32\" (the official setting), or allow the fallback.")
+        _note(f"{requested} deviates from fp32 on this run's own crops ({why}); running in fp32 instead")
+        record.update(used="fp32", fell_back=True)
+    return record
 
 
 # ---------------------------------------------------------------- one rank
@@ -261,7 +314,7 @@ def _rank_device(rank: int, job: _Job) -> torch.device:
         torch.cuda.set_device(device)  # also the device of the DataLoader's pin-memory thread
         torch.cuda.reset_peak_memory_stats(device)
     except RuntimeError as exc:
-        raise _RankStartError(f"process {rank} could not use GPU {device} ({_short(exc)})") from exc
+        raise _RankStartError(f"process {rank} could not use GPU {device} ({short_error(exc)})") from exc
     return device
 
 
@@ -277,31 +330,12 @@ def _process_shards(rank: int, job: _Job, device: torch.device) -> dict:
     except RuntimeError as exc:  # the first real allocation on the GPU
         if device.type != "cuda":
             raise
-        raise _RankStartError(f"process {rank} could not move the model to {device} ({_short(exc)})") from exc
+        raise _RankStartError(f"process {rank} could not move the model to {device} ({short_error(exc)})") from exc
     if job.channels_last:
         model = model.to(memory_format=torch.channels_last)
     mine = [s for s in job.shards if s[0] % job.world_size == rank]
     to_compute = [s for s in mine if s[0] not in job.reuse]
-    batches, batch_shard = [], []
-    for index, first, end in to_compute:
-        for start in range(first, end, job.batch_size):
-            batches.append(np.arange(start, min(start + job.batch_size, end)))
-            batch_shard.append(index)
-    shard_bounds = {index: (first, end) for index, first, end in to_compute}
-
-    if job.gpu_decode:  # nvjpeg on the device (run_inference sets it on CUDA only; tests force it on CPU)
-        stage = "bytes"
-    elif device.type == "cuda":
-        stage = "images"
-    else:  # crop in the workers only when there are workers: with none, everything runs here anyway
-        stage = "inputs" if job.num_workers > 0 else "images"
-    decoder = _DeviceDecoder(device, rank)
-    reader = _BatchReader(job.paths, batches, stage, job.bbox, job.input_shape, job.normalization,
-                          job.channels_last)
-    loader = torch.utils.data.DataLoader(
-        reader, batch_size=None, shuffle=False, num_workers=job.num_workers,
-        pin_memory=device.type == "cuda" and stage != "bytes", worker_init_fn=_worker_init,
-        prefetch_factor=4 if job.num_workers else None, persistent_workers=False)
+    runner = _BatchRunner(model, job, device, job.batch_size, job.precision)
 
     from tqdm.auto import tqdm
 
@@ -309,99 +343,27 @@ def _process_shards(rank: int, job: _Job, device: torch.device) -> dict:
     bar = tqdm(total=sum(end - first for _, first, end in mine), initial=done_before, unit="img",
                desc=f"inference rank {rank}/{job.world_size}" if job.world_size > 1 else "inference",
                disable=not job.progress or rank != 0, dynamic_ncols=True)
-    out_w = job.output_shape[1]
-    pending: dict[int, list[np.ndarray]] = {}
-    images_done, peak_mb, batch_end_times = 0, _memory_now_mb(device), []
+    images_done, peak_mb = 0, _memory_now_mb(device)
     start_time = time.perf_counter()
     with torch.inference_mode():
-        for item, shard in zip(loader, batch_shard):
-            if item["error"] is not None:
-                raise ImageReadError(item["error"])
-            positions = item["positions"].numpy() if torch.is_tensor(item["positions"]) else item["positions"]
-            if stage == "inputs":
-                x = item["inputs"]
-            else:
-                images = (decoder(item["bytes"], [job.paths[p] for p in positions])
-                          if stage == "bytes" else item["images"].to(device, non_blocking=True))
-                x = prepare_inputs(images, job.bbox[positions], input_shape=job.input_shape,
-                                   normalization=job.normalization, channels_last=job.channels_last)
-            k = None
-            if job.kind == "root":
-                k = torch.from_numpy(geometry.rootnet_k_value(job.bbox[positions], job.f[positions])).to(device)
-            out = forward_batch(model, x, kind=job.kind, flip_test=job.flip_test, amp=job.amp,
-                                output_width=out_w, flip_pairs=job.flip_pairs, k=k)
-            if tuple(out.shape) != (len(positions),) + job.output_width:
-                raise ValueError(f"the model returned shape {tuple(out.shape)} for {len(positions)} images; its spec "
-                                 f"expects {(len(positions),) + job.output_width} (pose: joint_num x 3, root: 3)")
-            pending.setdefault(shard, []).append(out.cpu().numpy())
-            images_done += len(positions)
-            batch_end_times.append(time.perf_counter())
-            peak_mb = max(peak_mb, _memory_now_mb(device))
-            bar.update(len(positions))
-            first, end = shard_bounds[shard]
-            if positions[-1] == end - 1:  # the shard's last batch: write it, free its memory
-                _write_shard(_shard_path(job.shard_dir, shard), job.fingerprint, first,
-                             np.concatenate(pending.pop(shard)))
+        for index, first, end in to_compute:
+            outputs = []
+            # Batches start at the shard's own start, so the batching does not depend on the world size.
+            for start in range(first, end, job.batch_size):
+                positions = np.arange(start, min(start + job.batch_size, end))
+                out = runner.run(positions, lambda p: job.crops.read(int(p[0]), int(p[-1]) + 1))
+                outputs.append(out)
+                images_done += len(positions)
+                peak_mb = max(peak_mb, _memory_now_mb(device))
+                bar.update(len(positions))
+            _write_shard(_shard_path(job.shard_dir, index), job.fingerprint, first, np.concatenate(outputs))
     bar.close()
     elapsed = time.perf_counter() - start_time
-    # Throughput without the first batch, which also pays for starting the loader workers.
-    steady = ((images_done - len(batches[0])) / (batch_end_times[-1] - batch_end_times[0])
-              if len(batch_end_times) > 1 and batch_end_times[-1] > batch_end_times[0] else None)
-    return {"rank": rank, "images": images_done, "inference_s": elapsed, "steady_images_per_s": steady,
+    return {"rank": rank, "images": images_done, "inference_s": elapsed,
+            "images_per_s": images_done / elapsed if elapsed > 0 and images_done else None,
             "peak_memory_mb": peak_mb, "shards_computed": len(to_compute), "shards_reused": len(mine) - len(to_compute),
-            "shards_done": [s[0] for s in mine],
-            "gpu_decode_fallback_batches": decoder.fallback_batches}
-
-
-# Consecutive batches nvjpeg must fail before a rank stops trying it: then it cannot decode these files at all.
-GPU_DECODE_ATTEMPTS = 3
-
-
-class _DeviceDecoder:
-    """Batched nvjpeg decoding onto `device`, falling back to the CPU decoder for a batch nvjpeg rejects
-    (an unsupported JPEG variant, a torchvision built without nvjpeg, no GPU memory left). A file that the
-    CPU decoder cannot read either is corrupt: ImageReadError names it. Notes are printed, and the number
-    of batches decoded on the CPU is part of the rank's statistics."""
-
-    def __init__(self, device: torch.device, rank: int = 0):
-        self.device, self.rank = device, rank
-        self.gpu_enabled = True
-        self.fallback_batches = 0  # batches decoded on the CPU
-        self._failures_in_a_row = 0
-
-    def __call__(self, data: list[torch.Tensor], paths: list[str]):
-        reason = None
-        if self.gpu_enabled:
-            try:
-                images = _decode_rgb(data, device=self.device)  # a list in, a list of (3,H,W) uint8 out
-                self._failures_in_a_row = 0
-                return images
-            except RuntimeError as exc:
-                reason = _short(exc)
-        images = []
-        for blob, path in zip(data, paths):
-            try:
-                images.append(_decode_rgb(blob))
-            except RuntimeError as exc:
-                raise _image_error(path, f"is not a readable JPEG ({_short(exc)})") from None
-        self.fallback_batches += 1
-        if reason is not None:
-            self._note_gpu_failure(reason, paths[0])
-        return pad_batch(images).to(self.device)  # one transfer for the batch
-
-    def _note_gpu_failure(self, reason: str, first_path: str) -> None:
-        from tqdm.auto import tqdm
-
-        self._failures_in_a_row += 1
-        where = f"rank {self.rank}: " if self.rank else ""
-        if self.fallback_batches == 1:
-            tqdm.write(f"note: {where}GPU JPEG decoding (nvjpeg) failed for the batch starting at {first_path} "
-                       f"({reason}); that batch was decoded on the CPU instead (slower; the two decoders may differ by "
-                       "about one grey level).")
-        if self._failures_in_a_row >= GPU_DECODE_ATTEMPTS:
-            self.gpu_enabled = False
-            tqdm.write(f"note: {where}GPU JPEG decoding failed for {GPU_DECODE_ATTEMPTS} batches in a row; the "
-                       "rest of this run decodes on the CPU. Pass gpu_decode=False to skip the attempt next time.")
+            "shards_done": [s[0] for s in mine], "batch_size_used": runner.batch_size,
+            "oom_events": runner.oom_events, "nonfinite_batches": runner.nonfinite_batches}
 
 
 # ---------------------------------------------------------------- parent
@@ -488,6 +450,10 @@ def _check_inputs(spec, test_set, image_paths, config: InferenceConfig) -> int:
         raise ValueError("the test set is empty; nothing to run")
     if config.batch_size < 1 or config.shard_size < 1:
         raise ValueError(f"batch_size and shard_size must be >= 1; got {config.batch_size} and {config.shard_size}")
+    if config.precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {config.precision!r}")
+    if config.decode not in ("cpu", "gpu"):
+        raise ValueError(f"decode must be 'cpu' or 'gpu'; got {config.decode!r}")
     if config.num_workers < 0:
         raise ValueError(f"num_workers must be >= 0; got {config.num_workers}")
     if config.image_limit is not None:
@@ -533,10 +499,9 @@ def run_inference(model_spec, checkpoint_or_model, test_set, image_paths: Sequen
             raise ValueError(f"world_size {world_size} exceeds the {torch.cuda.device_count()} visible CUDA GPUs; "
                              "set WORLD_SIZE to at most that number (or None for all of them)")
         check_cuda_devices(world_size)
-    amp = bool(device_type == "cuda" and (config.amp if config.amp is not None else True))
     flip_test = bool(config.flip_test and spec.kind == "pose")  # RootNet's official test has no flip test
-    gpu_decode = bool(config.gpu_decode and device_type == "cuda")
     cpu_threads = int(config.cpu_threads or max(1, torch.get_num_threads() // world_size))
+    main_device = torch.device("cuda", 0) if device_type == "cuda" else torch.device("cpu")
 
     model, checkpoint_info = _resolve_model(spec, checkpoint_or_model)
     image_id = np.asarray(test_set.image_id[:n], dtype=np.int64)
@@ -544,15 +509,44 @@ def run_inference(model_spec, checkpoint_or_model, test_set, image_paths: Sequen
     f = np.asarray(test_set.f[:n], dtype=np.float64) if spec.kind == "root" else np.zeros((n, 2))
     paths = [str(p) for p in image_paths[:n]]
 
+    if config.cache_dir is None:
+        from .environment import default_cache_dir
+
+        cache_dir = default_cache_dir()
+    else:
+        cache_dir = Path(config.cache_dir)
+    with torch_settings(device_type, cpu_threads):
+        crops = ensure_crops(paths, bbox, spec.input_shape, cache_dir=cache_dir, rule=config.crop_rule,
+                             decode=config.decode, device=main_device, num_workers=int(config.num_workers),
+                             progress=bool(config.progress))
+
     weights_sha = model_sha256(model)
+    width = (3,) if spec.kind == "root" else (spec.joint_num, 3)
+    job = _Job(model=model, kind=spec.kind, output_shape=tuple(spec.output_shape), normalization=spec.normalization,
+               flip_pairs=tuple(tuple(p) for p in spec.flip_pairs), crops=crops, bbox=bbox, f=f, shards=[],
+               shard_dir="", fingerprint="", batch_size=int(config.batch_size), flip_test=flip_test,
+               precision=config.precision, channels_last=bool(config.channels_last), device_type=device_type,
+               world_size=world_size, cpu_threads=cpu_threads, seed=int(config.seed), progress=bool(config.progress),
+               output_width=width)
+    if config.precision == "fp32":
+        precision_check = check_precision(spec, None, crops, test_set, bbox, n, config)
+    else:  # compare with fp32 on this run's own crops, on the first device
+        with torch_settings(device_type, cpu_threads), torch.inference_mode():
+            calib_model = model.to(main_device).eval()
+            if config.channels_last:
+                calib_model = calib_model.to(memory_format=torch.channels_last)
+            runner = _BatchRunner(calib_model, job, main_device, config.batch_size, config.precision)
+            precision_check = check_precision(spec, runner, crops, test_set, bbox, n, config)
+    precision = precision_check["used"]
+
     numerics = {  # everything that can change a predicted number; world_size and threads deliberately not
         "version": _FINGERPRINT_VERSION, "model_sha256": weights_sha, "model_id": spec.model_id, "kind": spec.kind,
         "input_shape": list(spec.input_shape), "output_shape": list(spec.output_shape),
         "depth_dim": spec.depth_dim, "normalization": spec.normalization,
-        "flip_pairs": [list(p) for p in spec.flip_pairs], "flip_test": flip_test, "amp": amp,
-        "channels_last": bool(config.channels_last), "device": device_type, "gpu_decode": gpu_decode,
+        "flip_pairs": [list(p) for p in spec.flip_pairs], "flip_test": flip_test, "precision": precision,
+        "channels_last": bool(config.channels_last), "device": device_type, "crops": crops.key,
         "batch_size": int(config.batch_size), "shard_size": int(config.shard_size),
-        "samples_sha256": _array_sha(image_id, bbox, f), "paths_sha256": hashlib.sha256("\n".join(paths).encode()).hexdigest(),
+        "samples_sha256": _array_sha(image_id, bbox, f),
     }
     fingerprint = hashlib.sha256(json.dumps(numerics, sort_keys=True).encode()).hexdigest()
 
@@ -560,18 +554,10 @@ def run_inference(model_spec, checkpoint_or_model, test_set, image_paths: Sequen
     shard_dir = out_dir / SHARD_DIR
     shard_dir.mkdir(parents=True, exist_ok=True)
     shards = [(i, first, min(first + config.shard_size, n)) for i, first in enumerate(range(0, n, config.shard_size))]
-    width = (3,) if spec.kind == "root" else (spec.joint_num, 3)
-    reuse = ({i for i, first, end in shards if _shard_ok(_shard_path(shard_dir, i), fingerprint, first, end - first, width)}
-             if config.resume else set())
-
-    job = _Job(model=model, kind=spec.kind, input_shape=tuple(spec.input_shape),
-               output_shape=tuple(spec.output_shape), normalization=spec.normalization,
-               flip_pairs=tuple(tuple(p) for p in spec.flip_pairs), paths=paths, bbox=bbox, f=f, shards=shards,
-               shard_dir=str(shard_dir), fingerprint=fingerprint, batch_size=int(config.batch_size),
-               flip_test=flip_test, amp=amp, channels_last=bool(config.channels_last), device_type=device_type,
-               world_size=world_size, num_workers=int(config.num_workers), cpu_threads=cpu_threads,
-               gpu_decode=gpu_decode, seed=int(config.seed), progress=bool(config.progress), output_width=width,
-               reuse=reuse)
+    reuse = frozenset(i for i, first, end in shards
+                      if config.resume and _shard_ok(_shard_path(shard_dir, i), fingerprint, first, end - first, width))
+    job = dataclasses.replace(job, shards=shards, shard_dir=str(shard_dir), fingerprint=fingerprint,
+                              precision=precision, reuse=reuse)
     if len(reuse) == len(shards):
         stats = {"ranks": []}
     elif world_size == 1:
@@ -588,28 +574,31 @@ def run_inference(model_spec, checkpoint_or_model, test_set, image_paths: Sequen
         with np.load(path, allow_pickle=False) as z:
             outputs.append(z["output"])
     output = np.concatenate(outputs).astype(np.float32)
-    predictions = _predictions_arrays(spec, output, image_id, bbox, test_set, n, flip_test)
+    predictions = _predictions_arrays(spec, output, image_id, bbox, test_set, n, flip_test, precision)
     predictions_path = save_npz(out_dir / PREDICTIONS_FILE, **predictions)
 
     ranks = stats["ranks"]
     images = sum(r["images"] for r in ranks)
     inference_s = max((r["inference_s"] for r in ranks), default=0.0)
-    steadies = [r["steady_images_per_s"] for r in ranks if r["steady_images_per_s"]]
+    precision_check["nonfinite_batches"] += sum(r["nonfinite_batches"] for r in ranks)
+    batch_used = min((r["batch_size_used"] for r in ranks), default=int(config.batch_size))
     return {
         "predictions_path": str(predictions_path),
         "predictions": predictions,
         "num_samples": n,
         "timing": {"inference_s": inference_s, "images": images,
                    "images_per_s": images / inference_s if inference_s > 0 else None,
-                   "steady_images_per_s": sum(steadies) if len(steadies) == len(ranks) and ranks else None,
-                   "wall_s": time.perf_counter() - wall_start},
+                   "images_decoded": crops.images_decoded, "wall_s": time.perf_counter() - wall_start},
         "peak_memory_mb": max((r["peak_memory_mb"] for r in ranks), default=None),
         "memory_kind": "cuda_max_allocated" if device_type == "cuda" else "rss",
-        "settings": {"batch_size": int(config.batch_size), "amp": amp, "device": device_type,
-                     "world_size": world_size, "flip_test": flip_test, "image_limit": config.image_limit,
-                     "channels_last": bool(config.channels_last), "num_workers": int(config.num_workers),
-                     "shard_size": int(config.shard_size), "gpu_decode": gpu_decode, "cpu_threads": cpu_threads,
-                     "seed": int(config.seed)},
+        "settings": {"batch_size": int(config.batch_size), "batch_size_used": batch_used, "precision": precision,
+                     "device": device_type, "world_size": world_size, "flip_test": flip_test,
+                     "image_limit": config.image_limit, "channels_last": bool(config.channels_last),
+                     "num_workers": int(config.num_workers), "shard_size": int(config.shard_size),
+                     "decode": config.decode, "cpu_threads": cpu_threads, "seed": int(config.seed)},
+        "precision_check": precision_check,
+        "crop_cache": crops.summary(),
+        "decode_check": crops.decode_check,
         "shards": {"total": len(shards), "reused": len(reuse), "computed": len(shards) - len(reuse)},
         "fingerprint": fingerprint,
         "model_sha256": weights_sha,
@@ -618,21 +607,26 @@ def run_inference(model_spec, checkpoint_or_model, test_set, image_paths: Sequen
     }
 
 
-def _predictions_arrays(spec, output, image_id, bbox, test_set, n, flip_test) -> dict:
+def root_output_to_camera(output: np.ndarray, bbox: np.ndarray, f: np.ndarray, c: np.ndarray, output_shape) -> np.ndarray:
+    """RootNet output (x, y heatmap pixels, z mm) -> camera mm (N, 3), through the crop box."""
+    out_h, out_w = output_shape
+    u = output[:, 0].astype(np.float64) / out_w * bbox[:, 2] + bbox[:, 0]
+    v = output[:, 1].astype(np.float64) / out_h * bbox[:, 3] + bbox[:, 1]
+    return geometry.pixel_to_camera(np.stack([u, v, output[:, 2].astype(np.float64)], axis=1), f, c)
+
+
+def _predictions_arrays(spec, output, image_id, bbox, test_set, n, flip_test, precision) -> dict:
     # input_shape and depth_extent_mm make the file self-describing for `rescore` (crop aspect, depth range).
     common = {"output_shape": np.array(spec.output_shape, dtype=np.int64),
               "depth_dim": np.array(spec.depth_dim, dtype=np.int64), "bbox": bbox,
               "input_shape": np.array(spec.input_shape, dtype=np.int64),
               "depth_extent_mm": np.array(spec.depth_extent_mm, dtype=np.float64),
-              "model_id": np.array(spec.model_id), "kind": np.array(spec.kind), "flip_test": np.array(flip_test)}
+              "model_id": np.array(spec.model_id), "kind": np.array(spec.kind), "flip_test": np.array(flip_test),
+              "precision": np.array(precision)}
     if spec.kind == "pose":
         return {"image_id": image_id, "coords": output, **common}
-    out_h, out_w = spec.output_shape
-    u = output[:, 0].astype(np.float64) / out_w * bbox[:, 2] + bbox[:, 0]
-    v = output[:, 1].astype(np.float64) / out_h * bbox[:, 3] + bbox[:, 1]
-    root_cam = geometry.pixel_to_camera(np.stack([u, v, output[:, 2].astype(np.float64)], axis=1),
-                                        np.asarray(test_set.f[:n], dtype=np.float64),
-                                        np.asarray(test_set.c[:n], dtype=np.float64))
+    root_cam = root_output_to_camera(output, bbox, np.asarray(test_set.f[:n], dtype=np.float64),
+                                     np.asarray(test_set.c[:n], dtype=np.float64), spec.output_shape)
     return {"image_id": image_id, "root_output": output, "root_cam": root_cam, **common}
 
 
@@ -697,7 +691,7 @@ def _init_process_group(rank: int, job: _Job, device: torch.device) -> None:
         dist.init_process_group(backend, init_method=job.dist_init_method, rank=rank, world_size=job.world_size,
                                 timeout=datetime.timedelta(minutes=30), **kwargs)
     except Exception as exc:
-        raise _RankStartError(f"process {rank} could not join the {backend} process group ({_short(exc)})") from exc
+        raise _RankStartError(f"process {rank} could not join the {backend} process group ({short_error(exc)})") from exc
 
 
 def _free_loopback_port() -> int:
@@ -760,10 +754,6 @@ def _run_spawned(job: _Job) -> dict:
     done = sorted(i for r in ranks for i in r["shards_done"])
     if done != sorted(i for i, _, _ in job.shards):
         raise RuntimeError(f"the inference processes did not cover every shard exactly once: {done}")
-    fallbacks = sum(r["gpu_decode_fallback_batches"] for r in ranks)
-    if fallbacks:  # the processes' own notes go to the server's terminal, not to the notebook
-        print(f"note: {fallbacks} batches were decoded on the CPU because GPU JPEG decoding (nvjpeg) failed "
-              "for them (slower; the two decoders may differ by about one grey level).")
     return {"ranks": ranks}
 
 

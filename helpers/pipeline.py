@@ -38,19 +38,6 @@ def _as_bbox_tensor(bboxes, batch: int, device: torch.device) -> torch.Tensor:
     return boxes.to(device)
 
 
-def _dense_flat_view(image: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
-    """A 1-D view of an image's memory and its (channel, row, col) strides, copying only if it is not dense.
-
-    `decode_jpeg` returns (3,H,W) views of HWC memory; reading them through their strides avoids a
-    transposing copy of every full-size image."""
-    order = sorted(range(3), key=lambda d: image.stride(d), reverse=True)
-    permuted = image.permute(order)
-    if not permuted.is_contiguous():
-        image = image.contiguous()
-        permuted = image
-    return permuted.reshape(-1), tuple(image.stride())
-
-
 def _check_batch(images: list[torch.Tensor]) -> None:
     device, dtype = images[0].device, images[0].dtype
     for i, im in enumerate(images):
@@ -62,44 +49,11 @@ def _check_batch(images: list[torch.Tensor]) -> None:
                              f"{dtype} on {device}")
 
 
-def _flatten_images(images) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """All images as one flat buffer, with per-image offset, H, W and (channel, row, col) strides.
-
-    A (B,3,H,W) tensor is read in place, whatever its memory layout. A list (sizes may differ) is
-    concatenated once: one copy of the batch."""
-    if torch.is_tensor(images):
-        if images.ndim != 4 or images.shape[1] != 3 or images.shape[0] == 0:
-            raise ValueError(f"images must be a (B,3,H,W) tensor or a list of (3,H,W) tensors; got shape "
-                             f"{tuple(images.shape)}")
-        order = [0] + sorted(range(1, 4), key=lambda d: images.stride(d), reverse=True)
-        if not images.permute(order).is_contiguous():
-            images, order = images.contiguous(), [0, 1, 2, 3]
-        batch, _, height, width = images.shape
-        device = images.device
-        strides = torch.tensor([images.stride()[1:]] * batch, dtype=torch.int64, device=device)
-        offsets = torch.arange(batch, dtype=torch.int64, device=device) * images.stride(0)
-        full = torch.full((batch,), 1, dtype=torch.int64, device=device)
-        return images.permute(order).reshape(-1), offsets, full * height, full * width, strides
-    images = list(images)
-    if not images:
-        raise ValueError("crop_images got an empty batch")
-    _check_batch(images)
-    device = images[0].device
-    views = [_dense_flat_view(im) for im in images]
-    # The per-image numbers go to the device in one small copy, not one copy each.
-    table = torch.tensor([[im.shape[1], im.shape[2], *stride, flat.numel()] for im, (flat, stride) in zip(images, views)],
-                         dtype=torch.int64).to(device)
-    heights, widths, strides, sizes = table[:, 0], table[:, 1], table[:, 2:5], table[:, 5]
-    offsets = torch.cumsum(sizes, 0) - sizes
-    return torch.cat([flat for flat, _ in views]), offsets, heights, widths, strides
-
-
 def pad_batch(images: Sequence[torch.Tensor]) -> torch.Tensor:
     """Stack (3,H_i,W_i) images into one zero-padded (B,3,H_max,W_max) tensor with HWC memory.
 
-    The zero padding lies outside every image, where `crop_images` samples the constant-0 border anyway,
-    so cropping the padded batch equals cropping the list. Used by the loader workers so that the device
-    process receives one ready tensor (one transfer, no concatenation on the hot path)."""
+    The zero padding lies outside every image, where each tap of `crop_images` reads the constant-0 border
+    anyway, so cropping the padded batch equals cropping the list. One tensor: one transfer to a device."""
     images = list(images)
     if not images:
         raise ValueError("pad_batch got an empty batch")
@@ -222,27 +176,38 @@ def crop_images(images, bboxes, out_hw: Sequence[int]) -> torch.Tensor:
     out_h, out_w = (int(v) for v in out_hw)
     if out_h <= 0 or out_w <= 0:
         raise ValueError(f"out_hw must be positive (h, w); got {tuple(out_hw)}")
-    flat, offsets, heights, widths, strides = _flatten_images(images)
-    if flat.dtype != torch.uint8:
-        raise ValueError(f"crop_images takes uint8 images (decoded JPEGs); got {flat.dtype}. The official crop is "
-                         "a uint8 warp: convert exact 0-255 values with .to(torch.uint8) first")
-    batch = offsets.shape[0]
+    images = _image_list(images)
+    batch = len(images)
     boxes = _as_bbox_tensor(bboxes, batch, torch.device("cpu")).numpy()
     big_x, big_y = _fixed_point_coords(boxes, (out_h, out_w))
-    out = torch.empty((batch, 3, out_h, out_w), dtype=torch.uint8, device=flat.device)
+    out = torch.empty((batch, 3, out_h, out_w), dtype=torch.uint8, device=images[0].device)
     # Axis-aligned boxes almost always give a column-only X and a row-only Y; those crops take the separable
     # path (two small gathers per image). The matrix's ~1e-19 off-diagonal terms can shift one row's X by a
     # 1/32 step, so the general path stays for them. Both are the same integer arithmetic.
     separable = (big_x == big_x[:, :1, :]).all(axis=(1, 2)) & (big_y == big_y[:, :, :1]).all(axis=(1, 2))
-    meta = torch.stack([offsets, heights, widths, strides[:, 0], strides[:, 1], strides[:, 2]], 1).tolist()
-    for b in range(batch):
-        offset, height, width, s_c, s_y, s_x = meta[b]
-        image = flat.as_strided((3, height, width), (s_c, s_y, s_x), offset)
+    for b, image in enumerate(images):
         if separable[b]:
             out[b] = _warp_separable(image, big_x[b, 0], big_y[b, :, 0])
         else:
             out[b] = _warp_general(image, big_x[b], big_y[b])
     return out
+
+
+def _image_list(images) -> list[torch.Tensor]:
+    """The batch as (3, H, W) uint8 views on one device (a (B,3,H,W) tensor is split without copying)."""
+    if torch.is_tensor(images):
+        if images.ndim != 4 or images.shape[1] != 3 or images.shape[0] == 0:
+            raise ValueError(f"images must be a (B,3,H,W) tensor or a list of (3,H,W) tensors; got shape "
+                             f"{tuple(images.shape)}")
+        images = list(images.unbind(0))
+    images = list(images)
+    if not images:
+        raise ValueError("crop_images got an empty batch")
+    _check_batch(images)
+    if images[0].dtype != torch.uint8:
+        raise ValueError(f"crop_images takes uint8 images (decoded JPEGs); got {images[0].dtype}. The official crop "
+                         "is a uint8 warp: convert exact 0-255 values with .to(torch.uint8) first")
+    return images
 
 
 def _taps_1d(fixed: np.ndarray, size: int):

@@ -136,7 +136,8 @@ class RunParams:
     bbox_root: str | None = None  # RootNet-format file, used with use_gt_info=False
     flip_test: bool = True
     batch_size: int | None = None  # None: the model's default
-    amp: bool = True
+    precision: str = "fp32"  # "fp32" (the official setting) | "fp16" | "bf16" (checked against fp32, recorded)
+    decode: str = "cpu"  # "cpu" (exact) | "gpu" (nvjpeg, CUDA only; its deviation from the CPU decoder is recorded)
     device: str = "auto"
     world_size: int | None = None  # None: every visible GPU
     image_limit: int | None = None  # evaluate this many test images, spread evenly over the test set
@@ -151,7 +152,7 @@ class RunParams:
         if isinstance(self.protocol, bool) or self.protocol not in (1, 2):
             raise ConfigError(f"PROTOCOL must be 1 or 2, got {self.protocol!r}")
         self.protocol = int(self.protocol)
-        for name in ("use_gt_info", "flip_test", "amp", "skip_missing_images"):
+        for name in ("use_gt_info", "flip_test", "skip_missing_images"):
             setattr(self, name, _bool(name.upper(), getattr(self, name)))
         self.batch_size = _positive_int_or_none("BATCH_SIZE", self.batch_size)
         self.world_size = _positive_int_or_none("WORLD_SIZE", self.world_size)
@@ -160,6 +161,13 @@ class RunParams:
         if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
             raise ConfigError(f"SEED must be a non-negative integer, got {self.seed!r}")
         self.seed = int(self.seed)
+        from .engine import PRECISIONS
+
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"PRECISION must be one of {', '.join(repr(k) for k in PRECISIONS)}, got "
+                              f"{self.precision!r} (\"fp32\" is the official setting)")
+        if self.decode not in ("cpu", "gpu"):
+            raise ConfigError(f"DECODE must be \"cpu\" (exact) or \"gpu\" (nvjpeg), got {self.decode!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"DEVICE must be \"auto\", \"cpu\" or \"cuda\", got {self.device!r} "
                               "(WORLD_SIZE chooses how many GPUs)")
@@ -249,6 +257,7 @@ class Run:
     model: object
     checkpoint_info: dict
     output_dir: Path
+    cache_dir: Path | None = None  # demo data, downloads and the crop cache
     notes: list[str] = field(default_factory=list)
     started: float = field(default_factory=time.perf_counter)
     environment_info: dict | None = None
@@ -341,17 +350,20 @@ class Run:
         from .engine import InferenceConfig
 
         p = self.params
-        extra = {}
         batch_size = p.batch_size or self.spec.default_batch_size
         if p.device == "cpu" or (p.device == "auto" and not torch.cuda.is_available()):
-            # On a CPU the network dominates and decoding in the main process costs little; reader
-            # processes would only compete for the same cores and copy the kernel's memory.
-            extra["num_workers"] = 0
             # The GPU defaults hold 2x64 flipped crops and their 64^3 heatmaps: gigabytes on a CPU.
             batch_size = p.batch_size or min(batch_size, CPU_DEFAULT_BATCH_SIZE)
         return InferenceConfig(
-            batch_size=batch_size, amp=p.amp, device=p.device,
-            world_size=p.world_size, flip_test=p.flip_test, out_dir=self.output_dir, seed=p.seed, **extra)
+            batch_size=batch_size, precision=p.precision, decode=p.decode, device=p.device,
+            world_size=p.world_size, flip_test=p.flip_test, out_dir=self.output_dir, seed=p.seed,
+            cache_dir=self.cache_dir, crop_rule=self.crop_rule())
+
+    def crop_rule(self) -> dict:
+        """The descriptive part of the crop-cache key: where the boxes come from and how they are shaped."""
+        return {"protocol": self.params.protocol, "bbox_source": self.test_set.bbox_source,
+                "bbox_root_file": str(self.test_set.bbox_root_file) if self.test_set.bbox_root_file else None,
+                "aspect_ratio": round(float(self.spec.aspect_ratio), 9), "box_rule": "process_bbox x1.25"}
 
     def infer(self) -> pd.DataFrame:
         """Run the model on the selected samples; writes `<output_dir>/predictions.npz`."""
@@ -388,10 +400,14 @@ class Run:
         settings.update({"image_limit": self.params.image_limit,
                          "skip_missing_images": self.params.skip_missing_images,
                          "demo_data": self.demo, "seed": self.params.seed})
-        for key in ("batch_size", "amp", "device", "world_size", "flip_test", "channels_last"):
+        for key in ("batch_size", "precision", "device", "world_size", "flip_test", "channels_last"):
             settings.setdefault(key, getattr(self.params, key, None))
-        return {"model": model_block, "weights": weights, "checkpoint": checkpoint,
-                "environment": self.environment_info or env.environment_report(), "settings": settings}
+        blocks = {"model": model_block, "weights": weights, "checkpoint": checkpoint,
+                  "environment": self.environment_info or env.environment_report(), "settings": settings}
+        for key in ("precision_check", "crop_cache", "decode_check"):  # what the engine measured
+            if inference.get(key) is not None:
+                blocks[key] = inference[key]
+        return blocks
 
     def evaluate(self) -> pd.DataFrame:
         """Evaluate the predictions against the ground truth; returns the per-action table (mm)."""
@@ -732,7 +748,7 @@ def prepare(params: RunParams) -> Run:
     run = Run(params=params, spec=spec, demo=demo, data_root=data_root, annotation_dir=annotation_dir,
               test_set=test_set, image_check=image_check, selected=np.asarray(selected), image_paths=image_paths,
               checkpoint_path=checkpoint_path, checkpoint_source=source, weights_kind=weights_kind, model=model,
-              checkpoint_info=info, output_dir=output_dir, notes=notes, started=started)
+              checkpoint_info=info, output_dir=output_dir, cache_dir=cache_dir, notes=notes, started=started)
     for note in notes:
         print(f"NOTE: {note}")
     print(f"{spec.model_id}: {len(selected)} of {len(test_set)} protocol-{params.protocol} test samples, "

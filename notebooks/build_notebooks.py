@@ -57,7 +57,8 @@ USE_GT_INFO = True  # ground-truth box and root depth (the published setting); F
 BBOX_ROOT = None  # RootNet-format bbox_root file (rootnet.ipynb writes one), used when USE_GT_INFO is False
 FLIP_TEST = {flip}  # average with the horizontally flipped crop{flip_note}
 BATCH_SIZE = None  # None: the model's default
-AMP = True  # fp16 autocast on CUDA (always off on the CPU)
+PRECISION = "fp32"  # "fp32": the official setting; "fp16"/"bf16": faster, checked against fp32 first (recorded)
+DECODE = "cpu"  # "cpu": exact JPEG decoding; "gpu": nvjpeg on CUDA, compared with the CPU decoder (recorded)
 DEVICE = "auto"  # "auto" | "cpu" | "cuda"
 WORLD_SIZE = None  # GPUs to use, one process each; None: every visible GPU
 IMAGE_LIMIT = None  # run N test images spread evenly over the test set (a partial result); None: all
@@ -65,13 +66,13 @@ OUTPUT_DIR = None  # None: /kaggle/working/outputs on Kaggle, else <repo>/output
 DEMO = "auto"  # "auto": generated demo data and random weights when no real data is found; True: always; False: never
 SKIP_MISSING_IMAGES = False  # True: run the images that exist and record the missing ones in result.json
 SEED = 0  # demo data and any randomness
-CACHE_DIR = None  # demo data, demo checkpoints, downloads; None: /kaggle/temp/h36m_cache or <repo>/.cache'''
+CACHE_DIR = None  # demo data, demo checkpoints, downloads, crops; None: /kaggle/temp/h36m_cache or <repo>/.cache'''
 
 PREPARE = '''\
 run = runner.prepare(runner.RunParams(
     model=MODEL, variant=VARIANT, checkpoint=CHECKPOINT, data_root=DATA_ROOT, protocol=PROTOCOL,
-    use_gt_info=USE_GT_INFO, bbox_root=BBOX_ROOT, flip_test=FLIP_TEST, batch_size=BATCH_SIZE, amp=AMP,
-    device=DEVICE, world_size=WORLD_SIZE, image_limit=IMAGE_LIMIT, output_dir=OUTPUT_DIR, demo=DEMO,
+    use_gt_info=USE_GT_INFO, bbox_root=BBOX_ROOT, flip_test=FLIP_TEST, batch_size=BATCH_SIZE, precision=PRECISION,
+    decode=DECODE, device=DEVICE, world_size=WORLD_SIZE, image_limit=IMAGE_LIMIT, output_dir=OUTPUT_DIR, demo=DEMO,
     skip_missing_images=SKIP_MISSING_IMAGES, seed=SEED, cache_dir=CACHE_DIR))'''
 
 FAMILIES = {
@@ -152,8 +153,10 @@ def model_notebook(family: str) -> nbformat.NotebookNode:
         code("run.data_summary()"),
         md("## Checkpoint\nWhat was loaded: file, format, sha256, epoch, key remaps and parameter counts."),
         code("run.checkpoint_summary()"),
-        md("## Inference\nBatched, " + ("" if root else "flip-tested, ") + "AMP on CUDA, resumable: finished shards "
-           "are reused when the same run is repeated. Writes `predictions.npz`."),
+        md("## Inference\nThe official uint8 crops are decoded and cropped once per crop rule and cached, so later "
+           "models reuse them. Then batched, " + ("" if root else "flip-tested, ") + "fp32 inference (PRECISION "
+           "fp16/bf16 is checked against fp32 first and recorded), resumable: finished shards are reused when the "
+           "same run is repeated. Writes `predictions.npz`."),
         code("run.infer()"),
         md("## Evaluation\n" + ("MRPE against the ground-truth Pelvis, per action (mm)." if root else
                                 "Per-action errors (mm): MPJPE, PA-MPJPE with rigid and with similarity alignment, and "

@@ -1,7 +1,6 @@
 """Inference engine (helpers.engine): multi-process equality, resume, determinism, bad images, limits."""
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -15,6 +14,7 @@ from helpers import engine
 from helpers.engine import ImageReadError, InferenceConfig, run_inference, write_bbox_root_file
 from helpers.h36m import DataError, load_bbox_root
 from helpers.models.registry import ModelSpec
+from helpers.pipeline import crop_images
 
 # The tests encode/decode their JPEGs with torchvision, which flags its codecs as deprecated on every call.
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities:DeprecationWarning")
@@ -59,7 +59,7 @@ def dataset(tmp_path_factory):
 
 def _config(out_dir, **overrides) -> InferenceConfig:
     settings = dict(batch_size=3, shard_size=6, device="cpu", num_workers=0, cpu_threads=1, out_dir=out_dir,
-                    progress=False)
+                    cache_dir=Path(out_dir) / "cache", progress=False)
     settings.update(overrides)
     return InferenceConfig(**settings)
 
@@ -97,19 +97,10 @@ def test_network_input_is_the_normalised_crop_of_the_box(dataset, tmp_path):
 
     mean = np.array([0.485, 0.456, 0.406])[:, None, None]
     std = np.array([0.229, 0.224, 0.225])[:, None, None]
-    for k in range(3):
-        image = decode_jpeg(torch.from_numpy(np.fromfile(paths[k], dtype=np.uint8))).numpy().astype(np.float64)
-        bx, by, bw, bh = test_set.bbox[k]
-        crop = np.zeros((3, 32, 32))
-        for j in range(32):  # independent bilinear sampling of the box, 0 outside the image
-            for i in range(32):
-                u, v = bx + i * bw / 32, by + j * bh / 32
-                c0, r0 = math.floor(u), math.floor(v)
-                for r, wr in ((r0, 1 - (v - r0)), (r0 + 1, v - r0)):
-                    for c, wc in ((c0, 1 - (u - c0)), (c0 + 1, u - c0)):
-                        if 0 <= r < image.shape[1] and 0 <= c < image.shape[2]:
-                            crop[:, j, i] += wr * wc * image[:, r, c]
-        np.testing.assert_allclose(x[k].numpy(), (crop - mean) / std, rtol=0, atol=1e-2)
+    for k in range(3):  # the official uint8 crop (tests/test_crop_opencv.py proves it equals OpenCV's)
+        image = decode_jpeg(torch.from_numpy(np.fromfile(paths[k], dtype=np.uint8)))
+        crop = crop_images([image], test_set.bbox[k:k + 1], (32, 32))[0].numpy().astype(np.float64)
+        np.testing.assert_allclose(x[k].numpy(), (crop - mean) / std, rtol=0, atol=1e-4)
 
 
 def test_one_and_two_processes_give_identical_predictions(dataset, tmp_path):
