@@ -35,7 +35,7 @@ HEADLINE_COLUMN = "headline (mm)"
 LEADERBOARD_COLUMNS = (
     "model", "model_id", "group", "metric", HEADLINE_COLUMN, "MPJPE (mm)", "PA rigid (mm)", "PA similarity (mm)",
     "action mean (mm)", "MRPE x (mm)", "MRPE y (mm)", "MRPE z (mm)", "paper (mm)", "Δ (mm)", "grade",
-    "params (M)", "GFLOPs (MACs)", "images/s", "protocol", "bbox source", "root source", "flip test", "AMP",
+    "params (M)", "GFLOPs (MACs)", "images/s", "protocol", "bbox source", "root source", "flip test", "precision",
     "device", "batch size", "images evaluated", "images expected", "partial", "weights", "result",
 )
 FILE_NAMES = {
@@ -125,6 +125,26 @@ def _number(value) -> float:
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else np.nan
 
 
+def result_precision(result: dict) -> str | None:
+    """The precision a result ran in; results written before PRECISION existed recorded `amp` (fp16 autocast)."""
+    settings = result.get("settings") or {}
+    if settings.get("precision"):
+        return settings["precision"]
+    if "amp" in settings:
+        return "fp16" if settings["amp"] else "fp32"
+    return None
+
+
+def precision_label(result: dict) -> str | None:
+    """fp32 as is; reduced precision marked as not the official setting, with its measured deviation."""
+    precision = result_precision(result)
+    if precision in (None, "fp32"):
+        return precision
+    check = result.get("precision_check") or {}
+    measured = check.get("max_abs_diff_mm")
+    return (f"{precision} (not official" + (f"; ≤{measured:.2f} mm vs fp32" if measured is not None else "") + ")")
+
+
 def _row(item: LoadedResult) -> dict:
     result = item.result
     metrics = result["metrics"]
@@ -151,7 +171,7 @@ def _row(item: LoadedResult) -> dict:
         "bbox source": conv["bbox_source"],
         "root source": conv["root_source"],
         "flip test": conv.get("flip_test"),
-        "AMP": settings.get("amp"),
+        "precision": precision_label(result),
         "device": settings.get("device"),
         "batch size": settings.get("batch_size"),
         "images evaluated": int(result["num_samples"]),
@@ -322,11 +342,11 @@ def markdown_table(frame: pd.DataFrame) -> str:
 
 REPORT_TABLE_COLUMNS = ("model", "model_id", HEADLINE_COLUMN, "MPJPE (mm)", "PA rigid (mm)", "PA similarity (mm)",
                         "action mean (mm)", "paper (mm)", "Δ (mm)", "grade", "params (M)", "GFLOPs (MACs)",
-                        "images/s", "flip test", "AMP", "device", "batch size", "images evaluated", "partial",
+                        "images/s", "flip test", "precision", "device", "batch size", "images evaluated", "partial",
                         "weights")
 ROOT_TABLE_COLUMNS = ("model", "model_id", HEADLINE_COLUMN, "MRPE x (mm)", "MRPE y (mm)", "MRPE z (mm)",
                       "action mean (mm)", "paper (mm)", "Δ (mm)", "grade", "params (M)", "images/s", "flip test",
-                      "AMP", "device", "batch size", "images evaluated", "partial", "weights")
+                      "precision", "device", "batch size", "images evaluated", "partial", "weights")
 
 
 _FLIP_WORDS = {True: "on", False: "off", None: "unknown"}
@@ -393,6 +413,11 @@ def render_report(consolidated: Consolidated, results_dir: Path, plots: dict[str
     if partial:
         lines += [f"> **Partial runs:** {', '.join(f'`{p}`' for p in partial)} evaluated only part of the test "
                   "set; their numbers are not comparable with full runs or the published values.", ""]
+    reduced = [r.name for r in consolidated.results if result_precision(r.result) not in (None, "fp32")]
+    if reduced:
+        lines += [f"> **Reduced precision:** {', '.join(f'`{p}`' for p in reduced)} ran in fp16/bf16, which is not "
+                  "the official setting (the official code runs in fp32). Each records its measured deviation from "
+                  "fp32 on its own crops (`precision_check` in its result.json).", ""]
     if consolidated.results:
         lines += _conventions_section(consolidated.results)
     lines += ["## Leaderboard", "",

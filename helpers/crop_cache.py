@@ -141,6 +141,11 @@ def _worker_init(_worker_id: int) -> None:
     torch.set_num_threads(1)  # decoding is single-threaded; leave the cores to the other workers
 
 
+def _require_cuda(device: torch.device) -> None:
+    if device.type != "cuda":
+        raise ValueError("decode=\"gpu\" decodes with nvjpeg and needs a CUDA device; use decode=\"cpu\"")
+
+
 def _gpu_decode(data: list[torch.Tensor], paths: list[str], device: torch.device) -> list[torch.Tensor]:
     try:
         return decode_rgb(data, device=device)
@@ -185,8 +190,8 @@ def ensure_crops(paths: Sequence[str], bbox, input_shape: Sequence[int], *, cach
     if bbox.shape != (len(paths), 4):
         raise ValueError(f"need one box per image: {len(paths)} paths, boxes of shape {bbox.shape}")
     device = torch.device(device)
-    if decode == "gpu" and device.type != "cuda":
-        raise ValueError("decode=\"gpu\" decodes with nvjpeg and needs a CUDA device; use decode=\"cpu\"")
+    if decode == "gpu":
+        _require_cuda(device)
     key = crop_cache_key(paths, bbox, input_shape, decode, rule)
     folder = Path(cache_dir) / "crops" / key[:32]
     folder.mkdir(parents=True, exist_ok=True)

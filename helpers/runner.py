@@ -371,10 +371,16 @@ class Run:
 
         self.inference = run_inference(self.spec, self.model, self.eval_set, self.image_paths,
                                        self.inference_config())
-        rows = {**self.inference["timing"], **self.inference["shards"],
-                "peak_memory_mb": self.inference.get("peak_memory_mb"),
-                "memory_kind": self.inference.get("memory_kind"),
-                "predictions": self.inference["predictions_path"]}
+        inference = self.inference
+        check = inference["precision_check"]
+        precision = inference["settings"]["precision"]
+        rows = {"precision": precision if precision == "fp32" else f"{precision} (not the official fp32)",
+                **{f"precision check: {k}": v for k, v in check.items() if k != "used" and check["requested"] != "fp32"},
+                **inference["timing"], **{f"crop cache {k}": v for k, v in inference["crop_cache"].items()},
+                "batch size (requested, used)": (inference["settings"]["batch_size"],
+                                                 inference["settings"]["batch_size_used"]),
+                **inference["shards"], "peak_memory_mb": inference.get("peak_memory_mb"),
+                "memory_kind": inference.get("memory_kind"), "predictions": inference["predictions_path"]}
         return pd.DataFrame(list(rows.items()), columns=["item", "value"]).set_index("item")
 
     def _extra_blocks(self) -> dict:

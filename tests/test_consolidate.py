@@ -51,7 +51,7 @@ def test_consolidate_leaderboard_and_files(results_dir, consolidated):
     lb = out.leaderboard
     for column in ("model", "model_id", HEADLINE := cons.HEADLINE_COLUMN, "PA rigid (mm)", "PA similarity (mm)",
                    "action mean (mm)", "paper (mm)", "Δ (mm)", "grade", "params (M)", "GFLOPs (MACs)", "images/s",
-                   "protocol", "bbox source", "root source", "flip test", "AMP", "device", "batch size",
+                   "protocol", "bbox source", "root source", "flip test", "precision", "device", "batch size",
                    "images evaluated", "partial", "weights"):
         assert column in lb.columns, column
     assert len(lb) == 4 and len(out.results) == 4
@@ -162,3 +162,24 @@ def test_a_result_under_another_protocol_gets_its_own_group_and_no_grade(tmp_pat
     row = out.leaderboard.set_index("result").loc["challenge"]
     assert "another protocol" in row["grade"] and "challenge crop" in row["grade"]
     assert out.leaderboard.set_index("result").loc["cnp_p2"]["grade"] == "excellent"  # 51.0 vs 51.05
+
+
+def test_each_row_shows_its_precision_and_reduced_precision_is_marked_unofficial(tmp_path):
+    root = tmp_path / "res"
+    _put(root, "cnp_fp32", make_result(model_id="convnextpose_M", base=51.0))
+    half = make_result(model_id="convnextpose_L", base=50.0, precision="fp16")
+    half["precision_check"] = {"requested": "fp16", "used": "fp16", "samples": 64, "max_abs_diff_heatmap": 0.01,
+                               "max_abs_diff_mm": 0.4321, "mean_abs_diff_mm": 0.05, "nonfinite_batches": 0,
+                               "fell_back": False}
+    _put(root, "cnp_fp16", half)
+    legacy = make_result(model_id="posenet", base=54.0)
+    legacy["settings"] = {k: v for k, v in legacy["settings"].items() if k != "precision"} | {"amp": True}
+    _put(root, "posenet_amp", legacy)  # written before PRECISION existed: `amp` meant fp16 autocast
+    out = cons.consolidate(root, tmp_path / "report")
+    board = out.leaderboard.set_index("result")
+    assert board.loc["cnp_fp32", "precision"] == "fp32"
+    assert board.loc["cnp_fp16", "precision"] == "fp16 (not official; ≤0.43 mm vs fp32)"
+    assert board.loc["posenet_amp", "precision"] == "fp16 (not official)"
+    text = out.files["report"].read_text()
+    assert "**Reduced precision:** `cnp_fp16`, `posenet_amp` ran in fp16/bf16" in text
+    assert "fp16 (not official; ≤0.43 mm vs fp32)" in text

@@ -42,7 +42,7 @@ def _pose_metric(base: float, scale: float) -> dict:
 def make_result(kind: str = "pose", *, model_id: str = "convnextpose_S", base: float = 52.0, protocol: int = 2,
                 detected: bool = False, weights_kind: str = "released", partial: bool = False,
                 gmacs: float | None = 1.76, num_params: int | None = 7_438_976, images_per_s: float = 250.0,
-                flip_test: bool = True, amp: bool = True, batch_size: int = 64) -> dict:
+                flip_test: bool = True, precision: str = "fp32", batch_size: int = 64) -> dict:
     """A schema-conforming result.json dict; `base` is the headline value in mm."""
     expected = 8695 if protocol == 2 else 3683
     samples = 500 if partial else expected
@@ -73,7 +73,7 @@ def make_result(kind: str = "pose", *, model_id: str = "convnextpose_S", base: f
         "weights": {"kind": weights_kind, "note": "synthetic test result"},
         "timing": {"inference_s": samples / images_per_s, "images": samples, "images_per_s": images_per_s,
                    "evaluation_s": 1.0, "total_s": samples / images_per_s + 1.0},
-        "settings": {"batch_size": batch_size, "amp": amp, "device": "cuda:0", "world_size": 1,
+        "settings": {"batch_size": batch_size, "precision": precision, "device": "cuda:0", "world_size": 1,
                      "flip_test": flip_test, "image_limit": 500 if partial else None, "channels_last": False,
                      "skip_missing_images": False},
     }
