@@ -108,3 +108,34 @@ def test_batch_exits_nonzero_only_when_every_run_failed(tmp_path, batch_env):
     assert summary["runs"][0]["status"] == "failed" and "unknown MODEL 'hrnet'" in summary["runs"][0]["error"]
     assert summary["runs"][0]["parameters"]["IMAGE_LIMIT"] == 3  # --image-limit beats the plan
     assert summary["consolidation"] is None and not (out / "report").exists()
+
+
+def test_batch_decodes_each_image_once_per_crop_rule_and_a_warm_rerun_decodes_none(tmp_path, batch_env):
+    import shutil
+
+    import numpy as np
+
+    shutil.rmtree(batch_env / "crops", ignore_errors=True)  # start from a cold crop cache
+    plan = _write_plan(tmp_path / "plan.yaml", batch_env, (
+        "  - {id: convnextpose_XS, notebook: convnextpose.ipynb, parameters: {MODEL: convnextpose, VARIANT: XS}}\n"
+        "  - {id: mobilehumanpose_lpski, notebook: mobilehumanpose.ipynb,"
+        " parameters: {MODEL: mobilehumanpose, VARIANT: lpski}}\n"))
+
+    def run(out):
+        assert batch.main(["--plan", str(plan), "--out", str(out)]) == 0
+        summary = json.loads((out / "batch_summary.json").read_text())
+        return {r["run_id"]: json.loads(Path(r["result_json"]).read_text()) for r in summary["runs"]}
+
+    cold = run(tmp_path / "cold")
+    # Both models crop 256x256 from the same boxes: one rule, so only the first run decodes.
+    assert [cold[k]["timing"]["images_decoded"] for k in cold] == [4, 0]
+    assert cold["convnextpose_XS"]["crop_cache"]["key"] == cold["mobilehumanpose_lpski"]["crop_cache"]["key"]
+    assert cold["mobilehumanpose_lpski"]["crop_cache"]["hits"] == 4
+    warm = run(tmp_path / "warm")
+    assert [warm[k]["timing"]["images_decoded"] for k in warm] == [0, 0]
+    for model_id in cold:
+        assert cold[model_id]["settings"]["precision"] == "fp32"
+        assert cold[model_id]["precision_check"]["used"] == "fp32"
+        with np.load(tmp_path / "cold" / model_id / "predictions.npz") as a, \
+                np.load(tmp_path / "warm" / model_id / "predictions.npz") as b:
+            assert a["coords"].tobytes() == b["coords"].tobytes()
