@@ -10,6 +10,7 @@ import sys
 COMMANDS = {
     "rescore": ("helpers.evaluate", "main", "evaluate a predictions.npz against the annotations"),
     "inspect": ("helpers.models.checkpoint", "inspect_main", "inspect a checkpoint file: format, model, keys"),
+    "crop": ("helpers.pipeline", "crop_main", "write the exact uint8 crop a model sees for a box"),
 }
 
 

@@ -303,3 +303,48 @@ def flip_test_merge(coords, coords_flipped_raw, out_w: int, flip_pairs):
         raise ValueError(f"flip-test outputs differ in shape: {tuple(coords.shape)} vs "
                          f"{tuple(coords_flipped_raw.shape)}")
     return (coords + unflip_coords(coords_flipped_raw, out_w, flip_pairs)) / 2
+
+
+def crop_main(argv: list[str] | None = None) -> int:
+    """`python -m helpers crop IMAGE --box X Y W H [--size H W] --out OUT.png`: the exact crop a model sees."""
+    import argparse
+    import math
+    import sys
+    from pathlib import Path
+
+    parser = argparse.ArgumentParser(
+        prog="python -m helpers crop",
+        description="Write the exact uint8 RGB crop a model sees for an already processed box (square, x1.25), "
+                    "before normalisation: the official OpenCV 4.x warpAffine crop, bit for bit.")
+    parser.add_argument("image", type=Path, help="a JPEG (decoded on the CPU, as the benchmark does)")
+    parser.add_argument("--box", type=float, nargs=4, required=True, metavar=("X", "Y", "W", "H"),
+                        help="processed box in image pixels, as in a bbox_root file or predictions.npz 'bbox'")
+    parser.add_argument("--size", type=int, nargs=2, default=(256, 256), metavar=("H", "W"),
+                        help="crop size (the model's input_shape); default 256 256, Integral challenge 384 288")
+    parser.add_argument("--out", type=Path, required=True, help="PNG to write (lossless)")
+    args = parser.parse_args(argv)
+
+    def fail(message: str) -> int:
+        print(f"crop: {message}", file=sys.stderr)
+        return 2
+
+    x, y, w, h = args.box
+    if not all(math.isfinite(v) for v in args.box) or w <= 0 or h <= 0:
+        return fail(f"--box needs finite X Y and a positive W H; got {' '.join(str(v) for v in args.box)}")
+    if min(args.size) <= 0:
+        return fail(f"--size needs a positive H W; got {args.size[0]} {args.size[1]}")
+    if not args.out.parent.is_dir():
+        return fail(f"the folder of --out does not exist: {args.out.parent}")
+    from torchvision.io import encode_png
+
+    from .atomic import write_bytes
+    from .images import ImageReadError, read_image
+
+    try:
+        image = read_image(args.image)
+    except ImageReadError as exc:
+        return fail(str(exc))
+    crop = crop_images([image], np.array([[x, y, w, h]]), tuple(args.size))[0]
+    write_bytes(args.out, encode_png(crop).numpy().tobytes())
+    print(f"wrote {args.out}: {args.size[1]}x{args.size[0]} crop of {args.image} for box [{x}, {y}, {w}, {h}]")
+    return 0

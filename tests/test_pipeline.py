@@ -1,12 +1,10 @@
 """Batched crop / normalise / flip pipeline (helpers.pipeline) against independent references."""
 from __future__ import annotations
 
-import math
-
+import cv2
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from helpers.pipeline import (NORMALIZATION, crop_images, flip_images, flip_test_merge, normalize, pad_batch,
                               unflip_coords)
@@ -14,26 +12,37 @@ from helpers.protocol import FLIP_PAIRS
 
 
 def reference_crop(image: np.ndarray, bbox, out_h: int, out_w: int) -> np.ndarray:
-    """Per-pixel bilinear warp written from the SPEC §4 formula: crop pixel (i, j) samples the image at
-    (x + i*w/out_w, y + j*h/out_h); pixels outside the image count as 0 (constant border)."""
+    """OpenCV 4.x's fixed-point warpAffine on uint8, one pixel at a time in plain Python integers, written from
+    helpers/README.md ("The crop"): the matrix from cv2.getAffineTransform, then warpAffine's own inversion,
+    1/32-pixel positions, integer weights summing to 2**15 and a constant-0 border tap by tap."""
     channels, height, width = image.shape
     x, y, w, h = (float(v) for v in bbox)
+    centre = np.array([x + 0.5 * w, y + 0.5 * h], np.float32)
+    src = np.array([centre, centre + np.array([0, h * 0.5], np.float32), centre + np.array([w * 0.5, 0], np.float32)])
+    dc = np.array([out_w * 0.5, out_h * 0.5], np.float32)
+    dst = np.array([dc, dc + np.array([0, out_h * 0.5], np.float32), dc + np.array([out_w * 0.5, 0], np.float32)])
+    m0, m1, m2, m3, m4, m5 = (float(v) for v in cv2.getAffineTransform(src.astype(np.float32),
+                                                                      dst.astype(np.float32)).ravel())
+    d = m0 * m4 - m1 * m3
+    d = 1.0 / d if d != 0 else 0.0
+    a11, a22, m1, m3 = m4 * d, m0 * d, -m1 * d, -m3 * d
+    b1, b2 = -a11 * m2 - m1 * m5, -m3 * m2 - a22 * m5
 
     def pixel(c, row, col):
-        return float(image[c, row, col]) if 0 <= row < height and 0 <= col < width else 0.0
+        return int(image[c, row, col]) if 0 <= row < height and 0 <= col < width else 0
 
-    out = np.zeros((channels, out_h, out_w), dtype=np.float64)
+    out = np.zeros((channels, out_h, out_w), dtype=np.uint8)
     for j in range(out_h):
-        v = y + j * h / out_h
-        row = math.floor(v)
-        dy = v - row
+        x0 = int(np.rint((m1 * j + b1) * 1024)) + 16
+        y0 = int(np.rint((a22 * j + b2) * 1024)) + 16
         for i in range(out_w):
-            u = x + i * w / out_w
-            col = math.floor(u)
-            dx = u - col
+            big_x = (x0 + int(np.rint(a11 * i * 1024))) >> 5
+            big_y = (y0 + int(np.rint(m3 * i * 1024))) >> 5
+            sx, fx, sy, fy = big_x >> 5, big_x & 31, big_y >> 5, big_y & 31
             for c in range(channels):
-                out[c, j, i] = ((1 - dy) * ((1 - dx) * pixel(c, row, col) + dx * pixel(c, row, col + 1))
-                                + dy * ((1 - dx) * pixel(c, row + 1, col) + dx * pixel(c, row + 1, col + 1)))
+                total = ((32 - fy) * (32 - fx) * 32 * pixel(c, sy, sx) + (32 - fy) * fx * 32 * pixel(c, sy, sx + 1)
+                         + fy * (32 - fx) * 32 * pixel(c, sy + 1, sx) + fy * fx * 32 * pixel(c, sy + 1, sx + 1))
+                out[c, j, i] = min(255, max(0, (total + 16384) >> 15))
     return out
 
 
@@ -41,17 +50,16 @@ def random_image(rng: np.random.Generator, height: int, width: int) -> torch.Ten
     return torch.from_numpy(rng.integers(0, 256, size=(3, height, width), dtype=np.uint8))
 
 
-def test_crop_matches_independent_bilinear_reference():
+def test_crop_matches_an_independent_fixed_point_reference():
     rng = np.random.default_rng(1)
     # Different sizes in one batch; boxes cross the left, top, right and bottom borders, fractional corners.
     images = [random_image(rng, 37, 41), random_image(rng, 40, 35), random_image(rng, 37, 41)]
     boxes = np.array([[-6.3, -4.75, 30.2, 30.2], [20.4, 15.1, 27.9, 33.3], [3.5, 2.25, 12.0, 9.0]])
     out_h, out_w = 20, 24
     crops = crop_images(images, boxes, (out_h, out_w))
-    assert crops.shape == (3, 3, out_h, out_w) and crops.dtype == torch.float32
+    assert crops.shape == (3, 3, out_h, out_w) and crops.dtype == torch.uint8
     for image, box, crop in zip(images, boxes, crops):
-        expected = reference_crop(image.numpy(), box, out_h, out_w)
-        assert np.abs(crop.numpy() - expected).max() <= 1e-3
+        assert np.array_equal(crop.numpy(), reference_crop(image.numpy(), box, out_h, out_w))
 
 
 def test_crop_of_mixed_real_size_batch():
@@ -62,7 +70,7 @@ def test_crop_of_mixed_real_size_batch():
     boxes = np.array([[610.25, 760.5, 400.0, 400.0], [610.25, 760.5, 400.0, 400.0]])
     crops = crop_images([tall, square], boxes, (16, 16))
     for image, box, crop in zip([tall, square], boxes, crops):
-        assert np.abs(crop.numpy() - reference_crop(image.numpy(), box, 16, 16)).max() <= 1e-3
+        assert np.array_equal(crop.numpy(), reference_crop(image.numpy(), box, 16, 16))
     # Same box, different image heights: the crops differ exactly where the taller image still has rows.
     assert not torch.equal(crops[0], crops[1])
     # Batching never changes a crop: each image cropped alone gives the same numbers.
@@ -86,7 +94,7 @@ def test_crop_reads_hwc_memory_like_decode_jpeg_returns():
     expected = crop_images([im.contiguous() for im in hwc], boxes, (9, 7))
     assert torch.equal(crop_images(hwc, boxes, (9, 7)), expected)
     for image, box, crop in zip(hwc, boxes, expected):
-        assert np.abs(crop.numpy() - reference_crop(image.numpy(), box, 9, 7)).max() <= 1e-3
+        assert np.array_equal(crop.numpy(), reference_crop(image.numpy(), box, 9, 7))
     # Padding to 25x30 adds rows to the first image and columns to the second: both must read as 0.
     padded = pad_batch(hwc)
     assert padded.shape == (2, 3, 25, 30)
@@ -99,22 +107,13 @@ def test_crop_identity_box_returns_the_image_and_accepts_a_4d_tensor():
     rng = np.random.default_rng(3)
     batch = torch.stack([random_image(rng, 12, 10), random_image(rng, 12, 10)])
     crops = crop_images(batch, np.array([[0.0, 0.0, 10.0, 12.0]] * 2), (12, 10))
-    assert torch.equal(crops, batch.float())
+    assert torch.equal(crops, batch)  # positions land exactly on pixels: the crop is a copy
 
 
-def test_crop_equals_float64_grid_sample():
-    """The warp is grid_sample(align_corners=True, zeros padding) with pixel-centre normalisation."""
-    rng = np.random.default_rng(4)
-    image = random_image(rng, 30, 26)
-    box = (-3.2, 4.7, 21.5, 24.0)
-    out_h, out_w = 11, 9
-    u = box[0] + torch.arange(out_w, dtype=torch.float64) * box[2] / out_w
-    v = box[1] + torch.arange(out_h, dtype=torch.float64) * box[3] / out_h
-    grid = torch.stack(torch.meshgrid(2 * u / (26 - 1) - 1, 2 * v / (30 - 1) - 1, indexing="xy"), dim=-1)
-    expected = F.grid_sample(image[None].double(), grid[None], mode="bilinear", padding_mode="zeros",
-                             align_corners=True)[0]
-    got = crop_images([image], np.array([box]), (out_h, out_w))[0]
-    assert (got.double() - expected).abs().max().item() <= 1e-3
+def test_crop_takes_uint8_images_only():
+    """The official crop warps uint8 pixels; a float image (e.g. already normalised) is a mistake upstream."""
+    with pytest.raises(ValueError, match="uint8"):
+        crop_images([torch.zeros(3, 8, 8)], np.array([[0.0, 0.0, 4.0, 4.0]]), (4, 4))
 
 
 def test_crop_rejects_bad_input():

@@ -1,0 +1,171 @@
+"""The crop equals the official one, OpenCV 4.x `warpAffine` on uint8, with zero differing values.
+
+The reference is the official code path, written out here: `cv2.getAffineTransform` from the three float32
+box points, `cv2.warpAffine(..., flags=cv2.INTER_LINEAR)` (constant-0 border) on the BGR image, then RGB.
+Images: generated JPEGs (both real Human3.6M frame sizes) and a real photograph that nobody here made
+(matplotlib's bundled `grace_hopper.jpg`).
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import matplotlib
+import numpy as np
+import pytest
+import torch
+
+from helpers import images, pipeline
+from helpers.pipeline import crop_images, flip_images, pad_batch
+
+pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities:DeprecationWarning")
+
+REAL_PHOTO = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
+SIZES = [(256, 256), (384, 288), (64, 48), (7, 5)]  # (H, W): 3DMPPE, Integral challenge, small, odd
+
+
+def test_the_reference_is_opencv_4():
+    assert cv2.__version__.split(".")[0] == "4", "OpenCV 5 changed warpAffine; the official crop is OpenCV 4.x's"
+
+
+def official_crop(bgr: np.ndarray, box, out_hw) -> np.ndarray:
+    """The official 3DMPPE/Integral crop of a BGR uint8 image, returned as RGB (H, W, 3) uint8."""
+    out_h, out_w = out_hw
+    centre = np.array([float(box[0] + 0.5 * box[2]), float(box[1] + 0.5 * box[3])], dtype=np.float32)
+    src = np.zeros((3, 2), np.float32)
+    src[0] = centre
+    src[1] = centre + np.array([0, box[3] * 0.5], dtype=np.float32)
+    src[2] = centre + np.array([box[2] * 0.5, 0], dtype=np.float32)
+    dst_centre = np.array([out_w * 0.5, out_h * 0.5], dtype=np.float32)
+    dst = np.zeros((3, 2), np.float32)
+    dst[0] = dst_centre
+    dst[1] = dst_centre + np.array([0, out_h * 0.5], dtype=np.float32)
+    dst[2] = dst_centre + np.array([out_w * 0.5, 0], dtype=np.float32)
+    trans = cv2.getAffineTransform(np.float32(src), np.float32(dst))
+    return cv2.warpAffine(bgr, trans, (int(out_w), int(out_h)), flags=cv2.INTER_LINEAR)[:, :, ::-1]
+
+
+def boxes_for(height: int, width: int, count: int, seed: int) -> np.ndarray:
+    """Border-crossing on every side, tiny (< 1 px), huge, square and not, fractional; plus fixed cases."""
+    rng = np.random.default_rng(seed)
+    w = np.exp(rng.uniform(np.log(0.3), np.log(4 * max(height, width)), count))
+    h = np.where(rng.random(count) < 0.5, w, np.exp(rng.uniform(np.log(0.3), np.log(4 * max(height, width)), count)))
+    x = rng.uniform(-w, width + 1.0)
+    y = rng.uniform(-h, height + 1.0)
+    fixed = [[0, 0, width, height], [-0.5, -0.5, width + 1, height + 1], [10.25, 20.75, 0.4, 0.6],
+             [-3 * width, -3 * height, 7 * width, 7 * height], [width - 2.5, height - 2.5, 30, 30],
+             [width * 0.25, height * 0.1, width * 0.5, width * 0.5 * 4 / 3]]
+    return np.concatenate([np.stack([x, y, w, h], 1), np.array(fixed, dtype=np.float64)])
+
+
+def _jpeg(rng, height: int, width: int, quality: int) -> bytes:
+    """A photo-like test image: smooth gradients, edges and noise, encoded by OpenCV."""
+    yy, xx = np.mgrid[0:height, 0:width]
+    bgr = np.stack([(xx * 255 // max(width - 1, 1)), (yy * 255 // max(height - 1, 1)),
+                    ((xx // 37 + yy // 23) % 2) * 200 + 20], -1).astype(np.int32)
+    bgr += rng.integers(-25, 26, bgr.shape)
+    ok, data = cv2.imencode(".jpg", np.clip(bgr, 0, 255).astype(np.uint8), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    assert ok
+    return data.tobytes()
+
+
+def _decode_both(data: bytes):
+    ours = images.decode_rgb(torch.frombuffer(bytearray(data), dtype=torch.uint8))
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    return ours, bgr
+
+
+def _assert_equal_crops(image_rgb: torch.Tensor, bgr: np.ndarray, boxes: np.ndarray, out_hw) -> None:
+    for start in range(0, len(boxes), 32):
+        part = boxes[start:start + 32]
+        ours = crop_images([image_rgb] * len(part), part, out_hw).permute(0, 2, 3, 1).numpy()
+        for box, got in zip(part, ours):
+            expected = official_crop(bgr, box, out_hw)
+            differing = int((got != expected).sum())
+            assert differing == 0, f"{differing} values differ from OpenCV for box {box.tolist()} at {out_hw}"
+
+
+@pytest.mark.parametrize("height, width, quality", [(1002, 1000, 95), (1000, 1000, 75), (61, 47, 90)])
+def test_generated_jpegs_decode_like_opencv_and_crop_exactly(height, width, quality):
+    rng = np.random.default_rng(height + quality)
+    ours, bgr = _decode_both(_jpeg(rng, height, width, quality))
+    assert np.array_equal(ours.permute(1, 2, 0).numpy(), bgr[:, :, ::-1])  # baseline JPEG: identical pixels
+    for k, out_hw in enumerate(SIZES):
+        _assert_equal_crops(ours, bgr, boxes_for(height, width, 12, seed=k), out_hw)
+
+
+def test_a_real_photograph_crops_exactly():
+    data = REAL_PHOTO.read_bytes()
+    ours, bgr = _decode_both(data)
+    # Crop from OpenCV's own pixels, so the test is about the crop whatever the decoders do with this file.
+    rgb = torch.from_numpy(np.ascontiguousarray(bgr[:, :, ::-1])).permute(2, 0, 1)
+    height, width = bgr.shape[:2]
+    for k, out_hw in enumerate(SIZES):
+        _assert_equal_crops(rgb, bgr, boxes_for(height, width, 60 if k < 2 else 20, seed=100 + k), out_hw)
+
+
+def test_mixed_size_and_padded_batches_crop_like_single_images():
+    rng = np.random.default_rng(5)
+    decoded = [_decode_both(_jpeg(rng, h, w, 90)) for h, w in ((1002, 1000), (1000, 1000), (80, 120))]
+    boxes = np.array([[-40.5, 300.2, 500.0, 500.0], [600.0, -20.0, 450.0, 450.0], [10.0, 5.0, 70.0, 93.3]])
+    expected = np.stack([official_crop(bgr, box, (256, 256)) for (_, bgr), box in zip(decoded, boxes)])
+    as_list = crop_images([rgb for rgb, _ in decoded], boxes, (256, 256))
+    padded = crop_images(pad_batch([rgb for rgb, _ in decoded]), boxes, (256, 256))
+    assert np.array_equal(as_list.permute(0, 2, 3, 1).numpy(), expected)
+    assert torch.equal(padded, as_list)
+
+
+def test_the_flipped_input_is_the_mirror_of_the_official_crop():
+    ours, bgr = _decode_both(REAL_PHOTO.read_bytes())
+    rgb = torch.from_numpy(np.ascontiguousarray(bgr[:, :, ::-1])).permute(2, 0, 1)
+    boxes = np.array([[50.3, 80.7, 400.0, 400.0], [-30.0, 200.0, 300.0, 400.0]])
+    for out_hw in ((256, 256), (384, 288)):
+        crops = crop_images([rgb, rgb], boxes, out_hw)
+        for crop, flipped, box in zip(crops, flip_images(crops), boxes):
+            expected = cv2.flip(np.ascontiguousarray(official_crop(bgr, box, out_hw)), 1)
+            assert np.array_equal(flipped.permute(1, 2, 0).numpy(), expected)
+        normalised = pipeline.normalize(crops, "3dmppe")
+        assert torch.equal(flip_images(normalised), pipeline.normalize(flip_images(crops), "3dmppe"))
+
+
+# ---------------------------------------------------------------- python -m helpers crop
+
+def _crop_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "helpers", "crop", *args], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1])
+
+
+def test_crop_cli_writes_exactly_the_official_crop(tmp_path):
+    out = tmp_path / "crop.png"
+    done = _crop_cli(str(REAL_PHOTO), "--box", "-20.5", "100.25", "380", "380", "--size", "384", "288",
+                     "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert str(out) in done.stdout
+    written = cv2.imread(str(out), cv2.IMREAD_COLOR)[:, :, ::-1]  # PNG: lossless
+    bgr = cv2.imread(str(REAL_PHOTO), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    ours = images.read_image(REAL_PHOTO)
+    assert np.array_equal(ours.permute(1, 2, 0).numpy(), bgr[:, :, ::-1])  # decoders agree on this photo
+    assert np.array_equal(written, official_crop(bgr, [-20.5, 100.25, 380, 380], (384, 288)))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["{missing}", "--box", "0", "0", "10", "10"], "cannot be read"),
+    (["{broken}", "--box", "0", "0", "10", "10"], "is not a readable JPEG"),
+    (["{photo}", "--box", "0", "0", "0", "10"], "positive W H"),
+    (["{photo}", "--box", "nan", "0", "10", "10"], "finite"),
+    (["{photo}", "--box", "0", "0", "10", "10", "--size", "0", "256"], "positive H W"),
+    (["{photo}", "--box", "0", "0", "10", "10", "--out", "{nowhere}"], "does not exist"),
+])
+def test_crop_cli_bad_input_is_a_clear_error_and_writes_nothing(tmp_path, args, message):
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(REAL_PHOTO.read_bytes()[:300])
+    names = {"missing": tmp_path / "missing.jpg", "broken": broken, "photo": REAL_PHOTO,
+             "nowhere": tmp_path / "no" / "crop.png"}
+    args = [a.format(**names) for a in args]
+    if "--out" not in args:
+        args += ["--out", str(tmp_path / "crop.png")]
+    done = _crop_cli(*args)
+    assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
+    assert not list(tmp_path.glob("*.png")) and not (tmp_path / "no").exists()
