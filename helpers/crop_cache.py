@@ -203,17 +203,17 @@ def ensure_crops(paths: Sequence[str], bbox, input_shape: Sequence[int], *, cach
     store = CropStore(key=key, folder=str(folder), count=len(paths), input_shape=input_shape, decode=decode)
 
     chunks = [(i, first, min(first + CHUNK_SIZE, len(paths))) for i, first in enumerate(range(0, len(paths), CHUNK_SIZE))]
-    todo = [c for c in chunks if not _chunk_ok(_chunk_path(folder, c[0]), c[2] - c[1], input_shape)]
-    store.misses = sum(end - first for _, first, end in todo)
+    missing_chunks = [c for c in chunks if not _chunk_ok(_chunk_path(folder, c[0]), c[2] - c[1], input_shape)]
+    store.misses = sum(end - first for _, first, end in missing_chunks)
     store.hits = len(paths) - store.misses
-    if not todo:
+    if not missing_chunks:
         return store
     if decode == "gpu":
         store.decode_check = check_gpu_decoder(paths, bbox, input_shape, device)
         store.images_decoded += 2 * store.decode_check["images_compared"]
 
     batches, owner = [], []
-    for index, first, end in todo:
+    for index, first, end in missing_chunks:
         for start in range(first, end, batch_size):
             batches.append(np.arange(start, min(start + batch_size, end)))
             owner.append(index)
@@ -224,7 +224,7 @@ def ensure_crops(paths: Sequence[str], bbox, input_shape: Sequence[int], *, cach
 
     bar = tqdm(total=store.misses, unit="img", desc="decode + crop (cached for later runs)",
                disable=not progress, dynamic_ncols=True)
-    bounds = {index: (first, end) for index, first, end in todo}
+    bounds = {index: (first, end) for index, first, end in missing_chunks}
     pending: dict[int, list[np.ndarray]] = {}
     for item, index in zip(loader, owner):
         if item["error"] is not None:
