@@ -52,7 +52,7 @@ from . import geometry
 from .atomic import save_npz, write_json
 from .crop_cache import CropStore, ensure_crops
 from .h36m import DataError
-from .images import ImageReadError, read_image, short_error  # noqa: F401  (ImageReadError is part of this API)
+from .images import ImageReadError, short_error  # noqa: F401  (ImageReadError is part of this API)
 from .pipeline import flip_images, flip_test_merge, normalize
 from .protocol import EVAL_JOINTS
 
