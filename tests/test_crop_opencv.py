@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from helpers import images, pipeline
+from helpers.__main__ import main as helpers_main
 from helpers.pipeline import crop_images, flip_images, pad_batch
 
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities:DeprecationWarning")
@@ -150,15 +151,29 @@ def test_crop_cli_writes_exactly_the_official_crop(tmp_path):
     assert np.array_equal(written, official_crop(bgr, [-20.5, 100.25, 380, 380], (384, 288)))
 
 
+def test_crop_cli_default_size_is_256_in_process(tmp_path, capsys):
+    out = tmp_path / "default.png"
+    assert helpers_main(["crop", str(REAL_PHOTO), "--box", "100.5", "50.25", "300", "300", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert len(printed) == 1 and str(out) in printed[0] and "256x256" in printed[0]
+    bgr = cv2.imread(str(REAL_PHOTO), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    written = cv2.imread(str(out), cv2.IMREAD_COLOR)[:, :, ::-1]
+    assert np.array_equal(written, official_crop(bgr, [100.5, 50.25, 300, 300], (256, 256)))
+
+
+# In process (helpers.__main__.main): each subprocess costs ~2 s of Python and torch start-up.
 @pytest.mark.parametrize("args, message", [
     (["{missing}", "--box", "0", "0", "10", "10"], "cannot be read"),
     (["{broken}", "--box", "0", "0", "10", "10"], "is not a readable JPEG"),
     (["{photo}", "--box", "0", "0", "0", "10"], "positive W H"),
+    (["{photo}", "--box", "0", "0", "10", "-3"], "positive W H"),
+    (["{photo}", "--box", "0", "0", "inf", "10"], "finite"),
     (["{photo}", "--box", "nan", "0", "10", "10"], "finite"),
     (["{photo}", "--box", "0", "0", "10", "10", "--size", "0", "256"], "positive H W"),
+    (["{photo}", "--box", "0", "0", "10", "10", "--size", "256", "-1"], "positive H W"),
     (["{photo}", "--box", "0", "0", "10", "10", "--out", "{nowhere}"], "does not exist"),
 ])
-def test_crop_cli_bad_input_is_a_clear_error_and_writes_nothing(tmp_path, args, message):
+def test_crop_cli_bad_input_is_a_clear_error_and_writes_nothing(tmp_path, capsys, args, message):
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(REAL_PHOTO.read_bytes()[:300])
     names = {"missing": tmp_path / "missing.jpg", "broken": broken, "photo": REAL_PHOTO,
@@ -166,6 +181,14 @@ def test_crop_cli_bad_input_is_a_clear_error_and_writes_nothing(tmp_path, args, 
     args = [a.format(**names) for a in args]
     if "--out" not in args:
         args += ["--out", str(tmp_path / "crop.png")]
-    done = _crop_cli(*args)
-    assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
-    assert not list(tmp_path.glob("*.png")) and not (tmp_path / "no").exists()
+    assert helpers_main(["crop", *args]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and message in err[0] and not captured.out
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["broken.jpg"]  # no PNG, no temporary, no folder
+
+
+def test_crop_cli_bad_input_through_python_m_exits_2(tmp_path):
+    done = _crop_cli(str(tmp_path / "missing.jpg"), "--box", "0", "0", "10", "10", "--out", str(tmp_path / "c.png"))
+    assert done.returncode == 2 and "cannot be read" in done.stderr and "Traceback" not in done.stderr
+    assert not list(tmp_path.iterdir())
