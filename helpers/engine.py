@@ -187,15 +187,17 @@ class _BatchRunner:
         return forward_batch(self.model, x, kind=job.kind, flip_test=job.flip_test, precision=precision,
                              output_width=job.output_shape[1], flip_pairs=job.flip_pairs, k=self._k(positions))
 
-    def run(self, positions: np.ndarray, read, precision: str | None = None) -> np.ndarray:
-        """Outputs for `positions` (consecutive or not); `read(sub_positions)` returns their uint8 crops."""
+    def run(self, positions: np.ndarray, read, precision: str | None = None, recompute_nonfinite: bool = True
+            ) -> np.ndarray:
+        """Outputs for `positions` (consecutive or not); `read(sub_positions)` returns their uint8 crops.
+        `recompute_nonfinite=False` keeps non-finite reduced-precision outputs (the calibration needs to see them)."""
         precision = precision or self.precision
         outputs, start = [], 0
         while start < len(positions):
             chunk = positions[start:start + self.batch_size]
             try:
                 out = self.forward(chunk, read(chunk), precision)
-                if precision != "fp32" and not torch.isfinite(out).all():
+                if recompute_nonfinite and precision != "fp32" and not torch.isfinite(out).all():
                     self.nonfinite_batches += 1
                     out = self.forward(chunk, read(chunk), "fp32")
             except (torch.OutOfMemoryError, RuntimeError) as exc:
@@ -249,13 +251,8 @@ def check_precision(spec, runner: _BatchRunner | None, crops: CropStore, test_se
     positions = np.unique(np.linspace(0, n - 1, count).round().astype(np.int64))
     read = crops.take
     reference = runner.run(positions, read, "fp32")
-    before = runner.nonfinite_batches
-    runner.nonfinite_batches = 0
-    # Compare the raw reduced-precision outputs: the per-batch fp32 recompute would hide what it does.
-    reduced = np.concatenate([runner.forward(positions[i:i + runner.batch_size],
-                                             read(positions[i:i + runner.batch_size]), requested).cpu().numpy()
-                              for i in range(0, len(positions), runner.batch_size)])
-    runner.nonfinite_batches = before
+    # The raw reduced-precision outputs: the per-batch fp32 recompute would hide what it does.
+    reduced = runner.run(positions, read, requested, recompute_nonfinite=False)
     finite = np.isfinite(reduced).all(axis=tuple(range(1, reduced.ndim)))
     record["samples"] = int(len(positions))
     record["calibration_nonfinite_samples"] = int((~finite).sum())
