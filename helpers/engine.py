@@ -472,14 +472,15 @@ def run_inference(model_spec, checkpoint_or_model, test_set, image_paths: Sequen
     model_spec: a `ModelSpec` or a model id. checkpoint_or_model: a checkpoint path (or state dict) loaded
         strictly with `helpers.models.load_checkpoint`, an `nn.Module` (its class must be importable when
         world_size > 1), or None for random weights (demo runs only).
-    test_set: an `h36m.TestSet` (uses image_id, bbox and, for RootNet, f and c).
+    test_set: an `h36m.TestSet` (uses image_id, bbox, f, c, and root_cam for the precision check).
     image_paths: one JPEG path per sample, e.g. `h36m.resolve_image_paths(test_set, root)`.
     A model run in this process (world_size 1) is moved to the device in place and put in eval mode.
 
     Returns a dict: `predictions_path`, `predictions` (the arrays written), `num_samples`, `timing`
-    {inference_s, images, images_per_s, steady_images_per_s, wall_s}, `peak_memory_mb` and
-    `memory_kind` ("rss" on CPU, "cuda_max_allocated" on CUDA), `settings` (result.json block),
-    `shards` {total, computed, reused}, `fingerprint`, `model_sha256`, `checkpoint` (loader info).
+    {inference_s, images, images_per_s, images_decoded, wall_s}, `peak_memory_mb` and `memory_kind` ("rss" on
+    CPU, "cuda_max_allocated" on CUDA), `settings` (result.json block, incl. precision and batch_size_used),
+    `precision_check`, `crop_cache` {key, hits, misses, decode}, `decode_check`, `shards` {total, computed,
+    reused}, `fingerprint`, `model_sha256`, `checkpoint` (loader info), `rank_stats`.
     """
     from .models import get_spec
 
