@@ -50,7 +50,7 @@ import torch
 
 from . import geometry
 from .atomic import save_npz, write_json
-from .crop_cache import CropStore, ensure_crops
+from .crop_cache import DECODERS, CropStore, ensure_crops
 from .h36m import DataError
 from .images import ImageReadError, short_error  # noqa: F401  (ImageReadError is part of this API)
 from .pipeline import flip_images, flip_test_merge, normalize
@@ -449,8 +449,8 @@ def _check_inputs(spec, test_set, image_paths, config: InferenceConfig) -> int:
         raise ValueError(f"batch_size and shard_size must be >= 1; got {config.batch_size} and {config.shard_size}")
     if config.precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {config.precision!r}")
-    if config.decode not in ("cpu", "gpu"):
-        raise ValueError(f"decode must be 'cpu' or 'gpu'; got {config.decode!r}")
+    if config.decode not in DECODERS:
+        raise ValueError(f"decode must be one of {', '.join(DECODERS)}; got {config.decode!r}")
     if config.num_workers < 0:
         raise ValueError(f"num_workers must be >= 0; got {config.num_workers}")
     if config.image_limit is not None:

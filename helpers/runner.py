@@ -161,12 +161,13 @@ class RunParams:
         if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
             raise ConfigError(f"SEED must be a non-negative integer, got {self.seed!r}")
         self.seed = int(self.seed)
+        from .crop_cache import DECODERS
         from .engine import PRECISIONS
 
         if self.precision not in PRECISIONS:
             raise ConfigError(f"PRECISION must be one of {', '.join(repr(k) for k in PRECISIONS)}, got "
                               f"{self.precision!r} (\"fp32\" is the official setting)")
-        if self.decode not in ("cpu", "gpu"):
+        if self.decode not in DECODERS:
             raise ConfigError(f"DECODE must be \"cpu\" (exact) or \"gpu\" (nvjpeg), got {self.decode!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"DEVICE must be \"auto\", \"cpu\" or \"cuda\", got {self.device!r} "
@@ -363,7 +364,9 @@ class Run:
         """The descriptive part of the crop-cache key: where the boxes come from and how they are shaped."""
         return {"protocol": self.params.protocol, "bbox_source": self.test_set.bbox_source,
                 "bbox_root_file": str(self.test_set.bbox_root_file) if self.test_set.bbox_root_file else None,
-                "aspect_ratio": round(float(self.spec.aspect_ratio), 9), "box_rule": "process_bbox x1.25"}
+                "aspect_ratio": round(float(self.spec.aspect_ratio), 9),
+                "box_rule": ("process_bbox: clip, pad to the aspect ratio, x1.25" if self.test_set.bbox_source ==
+                             "ground_truth" else "the bbox_root file's processed boxes, as they are")}
 
     def infer(self) -> pd.DataFrame:
         """Run the model on the selected samples; writes `<output_dir>/predictions.npz`."""
