@@ -1,7 +1,7 @@
 """A small, generated Human3.6M dataset in the exact 3DMPPE format (synthetic data).
 
 `python -m helpers.demo_data OUT_DIR [--seed N] [--frames K]` writes a folder that the real-data code path
-reads unchanged, laid out like the Kaggle dataset (SPEC §3):
+reads unchanged, laid out like the Kaggle dataset (helpers/README.md, "Annotation files"):
 
     OUT_DIR/annotations (1)/annotations/Human36M_subject{9,11}_{data,camera,joint_3d}.json
     OUT_DIR/S9_ACT2_16/<sequence>/<sequence>_%06d.jpg
@@ -36,7 +36,7 @@ from .geometry import camera_to_pixel, process_bboxes, world_to_camera
 from .protocol import ACTION_NAMES, EVAL_JOINTS, FIRST_ACTION_IDX, FRAME_STRIDE, SKELETON
 
 # ----------------------------------------------------------------------------------------------------
-# Dataset facts (SPEC §3)
+# Dataset facts (helpers/README.md, "Annotation files")
 # ----------------------------------------------------------------------------------------------------
 SUBJECTS: tuple[int, ...] = (9, 11)
 FIRST_IMAGE_ID = {9: 1559752, 11: 1877420}  # global ids as in the released annotation files

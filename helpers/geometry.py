@@ -1,4 +1,4 @@
-"""Numpy geometry of the 3DMPPE test-time pipeline (SPEC §4), float64 throughout.
+"""Numpy geometry of the 3DMPPE test-time pipeline (helpers/README.md, "The test-time pipeline"), float64 throughout.
 
 Used by the evaluator, the torch pipeline (boxes, RootNet k) and the demo generator (the inverse
 `camera_to_heatmap`). Every function broadcasts over a leading batch: per-sample `f` and `c` are
@@ -133,7 +133,7 @@ def _check_heatmap_args(coords, bbox, root_z):
 
 def heatmap_to_camera(coords, bbox, root_z, f, c, output_shape, depth_dim: int,
                       depth_extent_mm: float = DEPTH_EXTENT_MM) -> np.ndarray:
-    """Heatmap units (N, J, 3) -> camera mm (N, J, 3) (SPEC §4 step 6).
+    """Heatmap units (N, J, 3) -> camera mm (N, J, 3) (helpers/README.md, "Back to camera space").
 
     x, y are output-heatmap pixels mapped into the box (no half-pixel offset); z is a depth bin, bin
     depth_dim/2 being the root depth `root_z` and the full range +-depth_extent_mm/2.

@@ -1,6 +1,6 @@
 """Human3.6M data layer: find the annotation and image folders, load the test set, check images.
 
-Reads the 3DMPPE annotation format (SPEC §3): per subject `Human36M_subject{S}_data.json`,
+Reads the 3DMPPE annotation format (helpers/README.md, "Annotation files"): per subject `Human36M_subject{S}_data.json`,
 `..._camera.json` and `..._joint_3d.json`, plus RootNet-format `bbox_root` files. Folders are found
 by searching, never by assuming one layout, and images are resolved in place (no links, no copies).
 """
@@ -342,7 +342,7 @@ def load_test_set(annotation_dir: str | os.PathLike, protocol: int = 2,
     the processed ground-truth boxes and GT roots are used (samples with an empty box are dropped);
     with it, the detected boxes and roots, which must cover every test image.
     `aspect_ratio` is the model's input width / height (`ModelSpec.aspect_ratio`, 0.75 for 384x288):
-    ground-truth boxes are padded to it around their centre (SPEC §4 step 1); detected boxes, square in
+    ground-truth boxes are padded to it around their centre (helpers/README.md, "Boxes"); detected boxes, square in
     RootNet files, become the largest box of that aspect ratio inside them, same centre
     (`geometry.fit_boxes_to_aspect`).
     """

@@ -15,7 +15,7 @@ import torch
 # (mean, std) per normalisation kind, both applied to 0-255 values.
 NORMALIZATION: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
     # The released 3DMPPE-family weights were trained with ImageNet mean/std applied to 0-255 values
-    # WITHOUT dividing by 255 (torchvision ToTensor leaves float arrays unscaled); SPEC §4 step 3.
+    # WITHOUT dividing by 255 (torchvision ToTensor leaves float arrays unscaled); helpers/README.md, "Normalisation and flip".
     "3dmppe": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
     # Integral Human Pose: the usual ImageNet statistics expressed in 0-255 units.
     "integral": ((123.675, 116.28, 103.53), (58.395, 57.12, 57.375)),

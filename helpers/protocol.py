@@ -1,6 +1,6 @@
 """Human3.6M protocol definitions: joints, skeleton, actions, splits and result conventions.
 
-Everything a result must state to be comparable lives here, in one place (SPEC §1-2).
+Everything a result must state to be comparable lives here, in one place (helpers/README.md, "Protocols, joints and actions").
 """
 from __future__ import annotations
 

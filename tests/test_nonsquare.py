@@ -54,7 +54,7 @@ def test_ground_truth_boxes_are_padded_to_the_aspect_ratio_around_the_same_centr
     assert tall.aspect_ratio == ASPECT and square.aspect_ratio == 1.0
     np.testing.assert_allclose(tall.bbox[:, 2] / tall.bbox[:, 3], ASPECT, rtol=1e-12)
     np.testing.assert_allclose(_centre(tall.bbox), _centre(square.bbox), atol=1e-9)
-    # SPEC §4 step 1, computed here: clip, then the padded box is 1.25 x the clipped box, tight on one side.
+    # helpers/README.md "Boxes", computed here: clip, then the padded box is 1.25 x the clipped box, tight on one side.
     x, y, w, h = tall.gt_bbox.T
     x1, y1 = np.maximum(0, x), np.maximum(0, y)
     clipped_w = np.minimum(tall.width - 1, x1 + np.maximum(0, w - 1)) - x1

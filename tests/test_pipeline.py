@@ -129,7 +129,7 @@ def test_crop_rejects_bad_input():
 
 
 def test_normalisation_constants_and_formula():
-    # SPEC §4 step 3: ImageNet mean/std applied to 0-255 values without /255; Integral uses 0-255 statistics.
+    # helpers/README.md "Normalisation and flip": ImageNet mean/std applied to 0-255 values without /255; Integral uses 0-255 statistics.
     assert NORMALIZATION["3dmppe"] == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     assert NORMALIZATION["integral"] == ((123.675, 116.28, 103.53), (58.395, 57.12, 57.375))
     x = torch.tensor([10.0, 128.0, 255.0]).view(1, 3, 1, 1).expand(2, 3, 2, 2)

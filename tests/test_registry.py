@@ -1,6 +1,6 @@
 """Registry metadata against fresh models: parameter counts, GMACs, input/output shapes.
 
-The registry's numbers come from SPEC and the golden fixtures; here they are checked against models
+The registry's numbers come from the papers, the official code and the golden fixtures; here they are checked against models
 built now, against the fixtures' own counts, and (where no fixture exists) against an independent
 analytic count.
 """
@@ -135,7 +135,7 @@ def test_integral_challenge_entry_matches_the_official_config():
     assert spec.normalization == "integral"
 
 
-# ConvNeXtPose paper GFLOPs (really MACs, thop-style), SPEC §5 table
+# ConvNeXtPose paper GFLOPs (really MACs, thop-style), from the paper's variant table
 PAPER_GMACS = {"convnextpose_XS": 0.82, "convnextpose_S": 1.76, "convnextpose_M": 2.82, "convnextpose_L": 4.30}
 
 

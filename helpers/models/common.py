@@ -1,4 +1,4 @@
-"""Soft-argmax decoders shared by the pose models (SPEC §4.4, golden README "Output convention").
+"""Soft-argmax decoders shared by the pose models (helpers/README.md, "Back to camera space"; tests/data/golden/README.md, "Output convention").
 
 All coordinates are 0-based heatmap units: x, y in output-heatmap pixels, z in depth bins.
 """

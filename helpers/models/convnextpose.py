@@ -1,4 +1,4 @@
-"""ConvNeXtPose (IEEE Access 2023): ConvNeXt with BatchNorm + ReLU and a 3-DeConv head (SPEC §5).
+"""ConvNeXtPose (IEEE Access 2023): ConvNeXt with BatchNorm + ReLU and a 3-DeConv head (helpers/README.md, "Models").
 
 Module names reproduce the official state-dict keys (without `module.`): `backbone.downsample_layers.*`,
 `backbone.stages.*`, `backbone.norm`, `head.deconv_layers_{1,2,3}.{dwconv,norm,pwconv}`, `head.final_layer`.

@@ -1,4 +1,4 @@
-"""ResNet-backbone models: 3DMPPE PoseNet, 3DMPPE RootNet and Integral Human Pose (SPEC §5).
+"""ResNet-backbone models: 3DMPPE PoseNet, 3DMPPE RootNet and Integral Human Pose (helpers/README.md, "Models").
 
 All three use torchvision's `Bottleneck` (stride on the 3x3 conv) and a head of three
 [ConvTranspose2d(k4, s2, p1, no bias) -> BN -> ReLU] layers with 256 filters, so the heatmap is
