@@ -42,7 +42,6 @@ Without `--data`, the generated demo dataset (`helpers.demo_data`, synthetic ima
 from __future__ import annotations
 
 import argparse
-import os
 import platform
 import sys
 import tempfile
@@ -107,17 +106,16 @@ def _cpu_name() -> str:
 
 
 def environment_info(device_type: str, cpu_threads: int | None = None) -> dict:
-    """Where the figures were measured: device and its name, torch, CPU threads used and cores."""
+    """Where the figures were measured: `environment.environment_report()` (versions, GPUs) plus the device,
+    its name and the CPU threads used."""
+    from .environment import environment_report
+
     return {
+        **environment_report(),
         "device": device_type,
         "device_name": torch.cuda.get_device_name(0) if device_type == "cuda" else _cpu_name(),
         "cpu_name": _cpu_name(),
         "cpu_threads": int(cpu_threads or torch.get_num_threads()),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda if device_type == "cuda" else None,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
     }
 
 

@@ -22,20 +22,19 @@ NORMALIZATION: dict[str, tuple[tuple[float, float, float], tuple[float, float, f
 }
 
 
-def _as_bbox_tensor(bboxes, batch: int, device: torch.device) -> torch.Tensor:
-    """The boxes as float64 on `device`. Checked on the CPU first: checking a GPU tensor would make the
-    host wait for the GPU on every batch."""
-    boxes = (bboxes.detach().to("cpu", torch.float64) if torch.is_tensor(bboxes)
-             else torch.as_tensor(np.asarray(bboxes, dtype=np.float64)))
+def _checked_boxes(bboxes, batch: int) -> np.ndarray:
+    """The boxes as a float64 (batch, 4) array on the CPU, where the crop's positions are computed."""
+    boxes = (bboxes.detach().to("cpu", torch.float64).numpy() if torch.is_tensor(bboxes)
+             else np.asarray(bboxes, dtype=np.float64))
     if boxes.shape != (batch, 4):
         raise ValueError(f"bboxes must have shape ({batch}, 4) as [x, y, w, h] per image; got {tuple(boxes.shape)}")
-    if not torch.isfinite(boxes).all():
+    if not np.isfinite(boxes).all():
         raise ValueError("bboxes contain NaN or inf; every box must be finite [x, y, w, h] in image pixels")
     if (boxes[:, 2:] <= 0).any():
-        bad = torch.nonzero((boxes[:, 2:] <= 0).any(dim=1)).flatten().tolist()
+        bad = np.flatnonzero((boxes[:, 2:] <= 0).any(axis=1)).tolist()
         raise ValueError(f"bboxes at batch positions {bad[:5]} have a non-positive width or height; "
                          "drop empty boxes before cropping (geometry.process_bbox returns None for them)")
-    return boxes.to(device)
+    return boxes
 
 
 def _check_batch(images: list[torch.Tensor]) -> None:
@@ -178,7 +177,7 @@ def crop_images(images, bboxes, out_hw: Sequence[int]) -> torch.Tensor:
         raise ValueError(f"out_hw must be positive (h, w); got {tuple(out_hw)}")
     images = _image_list(images)
     batch = len(images)
-    boxes = _as_bbox_tensor(bboxes, batch, torch.device("cpu")).numpy()
+    boxes = _checked_boxes(bboxes, batch)
     big_x, big_y = _fixed_point_coords(boxes, (out_h, out_w))
     out = torch.empty((batch, 3, out_h, out_w), dtype=torch.uint8, device=images[0].device)
     # Axis-aligned boxes almost always give a column-only X and a row-only Y; those crops take the separable
