@@ -1,14 +1,13 @@
-"""Evaluation of heatmap predictions and root predictions, the result dict, and the `rescore` CLI.
+"""Evaluation: predictions (pose or root, one `predictions.npz` contract) against the ground truth.
 
-`python -m helpers rescore --annotations DIR --predictions predictions.npz --out result.json`
-re-evaluates a saved predictions file without rerunning a model.
+`evaluate_predictions` reads or checks either kind and returns the result dict (helpers/README.md,
+"result.json") and the per-sample errors; `helpers.results` validates and writes them, for the notebooks
+and for `python -m helpers rescore` alike.
 """
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 import os
-import sys
 import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -17,21 +16,12 @@ import numpy as np
 import pandas as pd
 
 from . import metrics
-from .atomic import write_json
 from .geometry import DEPTH_EXTENT_MM, heatmap_to_camera
-from .h36m import DataError, ImageCheck, TestSet, load_test_set
-from .protocol import (ACTION_NAMES, EVAL_JOINT_NAMES, EVAL_JOINTS, NUM_JOINTS, ROOT_JOINT, THORAX,
-                       conventions_for, get_protocol)
-from .result_schema import validate_result
+from .h36m import ImageCheck, TestSet, find_ids
+from .protocol import (ACTION_NAMES, EVAL_JOINT_NAMES, EVAL_JOINTS, METRIC_LABELS, NUM_JOINTS, POSE_METRICS,
+                       ROOT_JOINT, THORAX, conventions_for, get_protocol)
 
 SCHEMA_VERSION = 1
-POSE_METRICS = ("mpjpe", "pa_mpjpe_rigid", "pa_mpjpe_similarity", "pa_mpjpe_rigid_fit18")
-METRIC_LABELS = {
-    "mpjpe": "MPJPE",
-    "pa_mpjpe_rigid": "PA-MPJPE rigid",
-    "pa_mpjpe_similarity": "PA-MPJPE similarity",
-    "pa_mpjpe_rigid_fit18": "PA-MPJPE rigid fit18",
-}
 # The header upstream prints for each protocol's headline metric.
 OFFICIAL_HEADERS = {"mpjpe": "Protocol 2 error (MPJPE)", "pa_mpjpe_rigid_fit18": "Protocol 1 error (PA MPJPE)"}
 FIRST_IDS_RECORDED = 20
@@ -52,10 +42,68 @@ def _scalar(value):
     return arr.tolist()
 
 
+def _is_root(pred: dict) -> bool:
+    kind = pred.get("kind")
+    kind = _scalar(kind) if kind is not None else None
+    return kind == "root" or ("root_cam" in pred and "coords" not in pred)
+
+
+def _checked_ids(pred: dict, n: int, source: str) -> np.ndarray:
+    image_id = np.asarray(pred["image_id"])
+    if image_id.dtype.kind not in "iu":
+        raise PredictionError(f"{source}: image_id has dtype {image_id.dtype}; expected integer image ids")
+    if image_id.shape != (n,):
+        raise PredictionError(f"{source}: image_id has shape {image_id.shape}; expected ({n},), "
+                              "one id per coords row")
+    image_id = image_id.astype(np.int64)
+    uniq, counts = np.unique(image_id, return_counts=True)
+    if (counts > 1).any():
+        raise PredictionError(f"{source}: image ids appear more than once (first {uniq[counts > 1][:5].tolist()}); "
+                              "each image must have one prediction")
+    return image_id
+
+
+def _checked_bbox(pred: dict, n: int, source: str) -> np.ndarray:
+    bbox = np.asarray(pred["bbox"])
+    if bbox.shape != (n, 4) or bbox.dtype.kind != "f":
+        raise PredictionError(f"{source}: bbox must hold one [x, y, w, h] crop box per row, shape "
+                              f"({n}, 4), got {bbox.dtype} {bbox.shape}")
+    return bbox.astype(np.float64)
+
+
+def validate_root_predictions(pred: dict, source: str = "root predictions") -> dict:
+    """Check root predictions (`image_id` (N,), `root_cam` (N, 3) camera mm, optional `bbox`); a normalised copy
+    with `kind` "root"."""
+    missing = [k for k in ("image_id", "root_cam") if k not in pred]
+    if missing:
+        raise PredictionError(f"{source} lacks {', '.join(missing)}; root predictions hold image_id (N,) and "
+                              "root_cam (N, 3) camera mm")
+    root_cam = np.asarray(pred["root_cam"])
+    image_id = np.asarray(pred["image_id"])
+    if image_id.ndim != 1 or image_id.dtype.kind not in "iu":
+        raise PredictionError(f"{source}: image_id must be a 1-D integer array, got {image_id.dtype} {image_id.shape}")
+    if root_cam.dtype.kind not in "iuf" or root_cam.shape != (len(image_id), 3):
+        raise PredictionError(f"{source}: root_cam has shape {root_cam.shape}; expected ({len(image_id)}, 3)")
+    root_cam = root_cam.astype(np.float64)
+    if not np.isfinite(root_cam).all():
+        raise PredictionError(f"{source} contain NaN or infinite values; the inference run is broken")
+    if len(np.unique(image_id)) != len(image_id):
+        raise PredictionError(f"{source} list an image id more than once; each image needs one root")
+    checked = ("image_id", "root_cam", "bbox", "kind")
+    out = {k: _scalar(v) for k, v in pred.items() if k not in checked}
+    out.update(kind="root", image_id=image_id.astype(np.int64), root_cam=root_cam)
+    if "bbox" in pred:
+        out["bbox"] = _checked_bbox(pred, len(image_id), source)
+    return out
+
+
 def validate_predictions(pred: dict, source: str = "predictions") -> dict:
-    """Check an in-memory predictions dict (the `predictions.npz` schema) and return a normalised copy:
-    `image_id` int64 (N,), `coords` float64 (N, 18, 3), `output_shape` (H, W) ints, `depth_dim` int, and
-    when present `depth_extent_mm` float, `input_shape` (H, W) ints and `bbox` (N, 4) float64 crop boxes."""
+    """Check an in-memory predictions dict (the `predictions.npz` contract) and return a normalised copy with
+    `kind`. Pose: `image_id` int64 (N,), `coords` float64 (N, 18, 3), `output_shape` (H, W) ints, `depth_dim`
+    int, and when present `depth_extent_mm` float, `input_shape` (H, W) ints and `bbox` (N, 4) float64 crop
+    boxes. Root (a `root_cam` array, or `kind` "root"): see `validate_root_predictions`."""
+    if _is_root(pred):
+        return validate_root_predictions(pred, source)
     missing = [k for k in ("image_id", "coords", "output_shape", "depth_dim") if k not in pred]
     if missing:
         raise PredictionError(f"{source} lacks {', '.join(missing)}; a predictions file holds image_id (N,), "
@@ -75,26 +123,16 @@ def validate_predictions(pred: dict, source: str = "predictions") -> dict:
     if bad.any():
         raise PredictionError(f"{source}: coords has NaN or infinite values in {int(bad.sum())} rows "
                               f"(first rows {np.flatnonzero(bad)[:5].tolist()}); the inference run is broken")
-    image_id = np.asarray(pred["image_id"])
-    if image_id.dtype.kind not in "iu":
-        raise PredictionError(f"{source}: image_id has dtype {image_id.dtype}; expected integer image ids")
-    if image_id.shape != (coords.shape[0],):
-        raise PredictionError(f"{source}: image_id has shape {image_id.shape}; expected ({coords.shape[0]},), "
-                              "one id per coords row")
-    image_id = image_id.astype(np.int64)
-    uniq, counts = np.unique(image_id, return_counts=True)
-    if (counts > 1).any():
-        raise PredictionError(f"{source}: image ids appear more than once (first {uniq[counts > 1][:5].tolist()}); "
-                              "each image must have one prediction")
+    image_id = _checked_ids(pred, coords.shape[0], source)
     output_shape = np.asarray(pred["output_shape"])
     if output_shape.shape != (2,) or output_shape.dtype.kind not in "iu" or (output_shape <= 0).any():
         raise PredictionError(f"{source}: output_shape must be two positive integers (H, W), got {output_shape!r}")
     depth_dim = np.asarray(pred["depth_dim"])
     if depth_dim.ndim != 0 or depth_dim.dtype.kind not in "iu" or depth_dim <= 0:
         raise PredictionError(f"{source}: depth_dim must be one positive integer, got {depth_dim!r}")
-    checked = ("image_id", "coords", "output_shape", "depth_dim", "depth_extent_mm", "input_shape", "bbox")
+    checked = ("image_id", "coords", "output_shape", "depth_dim", "depth_extent_mm", "input_shape", "bbox", "kind")
     out = {k: _scalar(v) for k, v in pred.items() if k not in checked}
-    out.update(image_id=image_id, coords=coords.astype(np.float64),
+    out.update(kind="pose", image_id=image_id, coords=coords.astype(np.float64),
                output_shape=(int(output_shape[0]), int(output_shape[1])), depth_dim=int(depth_dim))
     if "depth_extent_mm" in pred:
         extent = np.asarray(pred["depth_extent_mm"])
@@ -108,11 +146,7 @@ def validate_predictions(pred: dict, source: str = "predictions") -> dict:
             raise PredictionError(f"{source}: input_shape must be two positive integers (H, W), got {input_shape!r}")
         out["input_shape"] = (int(input_shape[0]), int(input_shape[1]))
     if "bbox" in pred:
-        bbox = np.asarray(pred["bbox"])
-        if bbox.shape != (coords.shape[0], 4) or bbox.dtype.kind != "f":
-            raise PredictionError(f"{source}: bbox must hold one [x, y, w, h] crop box per row, shape "
-                                  f"({coords.shape[0]}, 4), got {bbox.dtype} {bbox.shape}")
-        out["bbox"] = bbox.astype(np.float64)
+        out["bbox"] = _checked_bbox(pred, coords.shape[0], source)
     return out
 
 
@@ -143,10 +177,7 @@ def _match(test_set: TestSet, image_id: np.ndarray, allow_partial: bool, excused
     and the test image ids without prediction that are neither excused (skipped images) nor allowed."""
     if len(test_set) == 0:
         raise ValueError("the test set is empty; nothing can be evaluated")
-    order = np.argsort(test_set.image_id)
-    sorted_ids = test_set.image_id[order]
-    pos = np.clip(np.searchsorted(sorted_ids, image_id), 0, len(sorted_ids) - 1)
-    known = sorted_ids[pos] == image_id
+    rows, known = find_ids(test_set.image_id, image_id)
     if not known.all():
         unknown = image_id[~known]
         raise PredictionError(
@@ -154,7 +185,7 @@ def _match(test_set: TestSet, image_id: np.ndarray, allow_partial: bool, excused
             f"annotations (first {unknown[:5].tolist()}); were they made for another protocol, subject set "
             "or annotation folder?")
     pred_row_of_test = np.full(len(test_set), -1)
-    pred_row_of_test[order[pos]] = np.arange(len(image_id))
+    pred_row_of_test[rows] = np.arange(len(image_id))
     test_rows = np.flatnonzero(pred_row_of_test >= 0)
     absent = test_set.image_id[pred_row_of_test < 0]
     unexcused = absent[~np.isin(absent, excused_ids)]
@@ -242,8 +273,7 @@ def _finish(result: dict, extra: dict | None) -> dict:
         if clash:
             raise ValueError(f"extra must not replace computed result keys: {clash}")
         result.update(extra)
-    validate_result(result)
-    return result
+    return result  # validated once, where it is written (helpers.results)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -252,23 +282,35 @@ def _finish(result: dict, extra: dict | None) -> dict:
 
 @dataclass
 class PerSample:
-    """Per-sample detail of a pose evaluation, in test-set order (for plots and error analysis)."""
+    """Per-sample errors of one evaluation, in test-set order (error analysis, confidence intervals, plots).
 
-    image_id: np.ndarray  # (N,)
+    `errors` maps a metric to per-sample errors in mm: (N, 17) per joint for pose metrics, (N,) for "mrpe".
+    A pose evaluation also keeps the back-projected predictions; a root evaluation its predicted roots."""
+
+    image_id: np.ndarray  # (N,) int64
     subject: np.ndarray  # (N,)
     action_index: np.ndarray  # (N,) index into ACTION_NAMES
-    pred_cam: np.ndarray  # (N, 18, 3) back-projected prediction, camera mm
-    pred_rel: np.ndarray  # (N, 17, 3) root-relative prediction
-    gt_rel: np.ndarray  # (N, 17, 3) root-relative ground truth
-    errors: dict  # metric name -> (N, 17) per-joint error, mm
+    subaction: np.ndarray  # (N,) the recording within (subject, action)
+    errors: dict
+    pred_cam: np.ndarray | None = None  # pose: (N, 18, 3) camera mm; root: (N, 3) predicted root, camera mm
+    pred_rel: np.ndarray | None = None  # pose: (N, 17, 3) root-relative prediction
+    gt_rel: np.ndarray | None = None  # pose: (N, 17, 3) root-relative ground truth
+
+    def sample_errors(self) -> dict[str, np.ndarray]:
+        """metric -> (N,) per-sample error in mm (pose metrics: the mean over the 17 joints)."""
+        return {name: err.mean(axis=1) if err.ndim == 2 else err for name, err in self.errors.items()}
 
     def frame(self) -> pd.DataFrame:
-        """One row per sample: ids, action and the mean joint error of each metric."""
+        """One row per sample: ids, action and the error of each metric (mm)."""
         df = pd.DataFrame({"image_id": self.image_id, "subject": self.subject,
-                           "action": [ACTION_NAMES[i] for i in self.action_index]})
-        for name, err in self.errors.items():
-            df[name] = err.mean(axis=1)
+                           "action": [ACTION_NAMES[i] for i in self.action_index], "subaction": self.subaction})
+        for name, err in self.sample_errors().items():
+            df[name] = err
         return df
+
+
+def _per_sample(ts: TestSet, errors: dict, **arrays) -> PerSample:
+    return PerSample(ts.image_id.astype(np.int64), ts.subject, ts.action_index, ts.subaction_idx, errors, **arrays)
 
 
 def _depth_extent(pred: dict, depth_extent_mm: float | None) -> float:
@@ -324,6 +366,8 @@ def evaluate(test_set: TestSet, predictions: dict | str | os.PathLike, *, allow_
     """
     pred = load_predictions(predictions) if isinstance(predictions, (str, os.PathLike)) else \
         validate_predictions(predictions)
+    if pred["kind"] == "root":
+        raise PredictionError("these are root predictions (root_cam); evaluate them with evaluate_roots()")
     excused = _skipped_ids(test_set, image_check)
     test_rows, pred_rows, unexcused = _match(test_set, pred["image_id"], allow_partial, excused, "predictions")
     _check_crops(test_set, pred, test_rows, pred_rows)
@@ -364,38 +408,55 @@ def evaluate(test_set: TestSet, predictions: dict | str | os.PathLike, *, allow_
     result = _finish(result, extra)
     if not return_per_sample:
         return result
-    return result, PerSample(ts.image_id, ts.subject, ts.action_index, pred_cam, pred_rel, gt_rel, errors)
+    return result, _per_sample(ts, errors, pred_cam=pred_cam, pred_rel=pred_rel, gt_rel=gt_rel)
 
 
-def evaluate_roots(test_set: TestSet, image_id, root_cam_pred, *, allow_partial: bool = False,
+def evaluate_roots(test_set: TestSet, image_id, root_cam_pred=None, *, allow_partial: bool = False,
                    flip_test: bool | None = None, extra: dict | None = None,
-                   image_check: ImageCheck | None = None) -> dict:
-    """MRPE of predicted roots (N, 3) camera mm against the ground-truth Pelvis (kind "root")."""
-    image_id = np.asarray(image_id)
-    root_cam_pred = np.asarray(root_cam_pred, dtype=np.float64)
-    if image_id.ndim != 1 or image_id.dtype.kind not in "iu":
-        raise PredictionError(f"root predictions: image_id must be a 1-D integer array, got {image_id.dtype} {image_id.shape}")
-    if root_cam_pred.shape != (len(image_id), 3):
-        raise PredictionError(f"root predictions: root_cam has shape {root_cam_pred.shape}; expected ({len(image_id)}, 3)")
-    if not np.isfinite(root_cam_pred).all():
-        raise PredictionError("root predictions contain NaN or infinite values; the inference run is broken")
-    if len(np.unique(image_id)) != len(image_id):
-        raise PredictionError("root predictions list an image id more than once; each image needs one root")
+                   image_check: ImageCheck | None = None, return_per_sample: bool = False):
+    """MRPE of predicted roots (N, 3) camera mm against the ground-truth Pelvis (kind "root").
+
+    `image_id` may also be a root predictions dict or file (`root_cam`, the `predictions.npz` contract)."""
+    if root_cam_pred is None:
+        pred = load_predictions(image_id) if isinstance(image_id, (str, os.PathLike)) else \
+            validate_predictions(image_id)
+        if pred["kind"] != "root":
+            raise PredictionError("these are pose predictions (coords); evaluate them with evaluate()")
+    else:
+        pred = validate_root_predictions({"image_id": image_id, "root_cam": root_cam_pred})
     excused = _skipped_ids(test_set, image_check)
-    test_rows, pred_rows, unexcused = _match(test_set, image_id.astype(np.int64), allow_partial, excused,
-                                             "root predictions")
+    test_rows, pred_rows, unexcused = _match(test_set, pred["image_id"], allow_partial, excused, "root predictions")
     ts = test_set.subset(test_rows)
-    errs = metrics.root_errors(root_cam_pred[pred_rows], ts.gt_root_cam)
+    roots = pred["root_cam"][pred_rows]
+    errs = metrics.root_errors(roots, ts.gt_root_cam)
+    if flip_test is None and isinstance(pred.get("flip_test"), bool):
+        flip_test = pred["flip_test"]
     conventions = replace(conventions_for(test_set.protocol, detected=test_set.bbox_source == "detected",
                                           flip_test=flip_test),
                           root_source="evaluated (model output)")
     result = _base_result("root", test_set, len(ts), unexcused, conventions, image_check)
-    block = metrics.mrpe(root_cam_pred[pred_rows], ts.gt_root_cam)
+    block = metrics.mrpe(roots, ts.gt_root_cam)
     block["per_action"] = _group_means(errs[:, 0], ts.action_index, ACTION_NAMES)
     block["per_subject"] = _subject_means(errs[:, 0], ts.subject)
     result["metrics"] = {"mrpe": block}
     result["headline"] = {"metric": "mrpe", "value": block["total"]}
-    return _finish(result, extra)
+    if pred.get("file") is not None:
+        result["predictions"] = {"file": pred["file"]}
+    result = _finish(result, extra)
+    if not return_per_sample:
+        return result
+    return result, _per_sample(ts, {"mrpe": errs[:, 0]}, pred_cam=roots)
+
+
+def evaluate_predictions(test_set: TestSet, predictions, **kwargs):
+    """Evaluate pose or root predictions (a dict or a `predictions.npz`, told apart by their arrays):
+    returns (result, PerSample). Pose keywords (`depth_extent_mm`, `protocol_note`) are ignored for roots."""
+    pred = load_predictions(predictions) if isinstance(predictions, (str, os.PathLike)) else \
+        validate_predictions(predictions)
+    if pred["kind"] == "root":
+        kwargs = {k: v for k, v in kwargs.items() if k not in ("depth_extent_mm", "protocol_note")}
+        return evaluate_roots(test_set, pred, return_per_sample=True, **kwargs)
+    return evaluate(test_set, pred, return_per_sample=True, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -437,59 +498,12 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m helpers rescore",
-                                description="Evaluate a predictions.npz against Human3.6M annotations.")
-    p.add_argument("--annotations", required=True,
-                   help="the annotation folder, or any folder above it (searched)")
-    p.add_argument("--predictions", required=True, help="predictions.npz (image_id, coords, output_shape, depth_dim)")
-    p.add_argument("--bbox-root", default=None,
-                   help="RootNet-format file with detected boxes and roots (default: ground-truth box and root)")
-    p.add_argument("--protocol", type=int, choices=(1, 2), default=2)
-    p.add_argument("--aspect-ratio", type=float, default=None,
-                   help="the model's input width / height the crop boxes were padded to (default: from the "
-                        "predictions' input_shape or model_id, else 1)")
-    p.add_argument("--depth-extent-mm", type=float, default=None,
-                   help="mm the depth bins span (default: from the predictions' depth_extent_mm or model_id, else 2000)")
-    p.add_argument("--allow-partial", action="store_true",
-                   help="evaluate even if some test samples have no prediction (recorded as partial)")
-    p.add_argument("--out", required=True, help="result.json to write (atomically)")
-    return p
-
-
-def model_decode_settings(pred: dict) -> tuple[float | None, float | None, str | None]:
-    """(aspect ratio, depth extent mm, protocol note) the predictions' own fields or their registry model
-    imply; None where neither says."""
-    from .models.registry import MODEL_REGISTRY
-
-    spec = MODEL_REGISTRY.get(pred.get("model_id")) if isinstance(pred.get("model_id"), str) else None
-    aspect = extent = None
-    if "input_shape" in pred:
-        aspect = pred["input_shape"][1] / pred["input_shape"][0]
-    elif spec is not None:
-        aspect = spec.aspect_ratio
-    if "depth_extent_mm" in pred:
-        extent = pred["depth_extent_mm"]
-    elif spec is not None:
-        extent = spec.depth_extent_mm
-    return aspect, extent, (spec.protocol_note or None) if spec is not None else None
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    try:
-        pred = load_predictions(args.predictions)
-        aspect, extent, note = model_decode_settings(pred)
-        aspect = args.aspect_ratio if args.aspect_ratio is not None else (aspect or 1.0)
-        extent = args.depth_extent_mm if args.depth_extent_mm is not None else extent
-        test_set = load_test_set(args.annotations, protocol=args.protocol, bbox_root=args.bbox_root,
-                                 aspect_ratio=aspect)
-        result = evaluate(test_set, pred, allow_partial=args.allow_partial, depth_extent_mm=extent,
-                          protocol_note=note)
-        print(format_table(result))
-        write_json(args.out, result)
-    except (DataError, PredictionError, OSError, ValueError) as exc:
-        print(f"rescore failed: {exc}", file=sys.stderr)
-        return 1
-    print(f"wrote {args.out}")
-    return 0
+    """`python -m helpers.evaluate` is an alias of `python -m helpers rescore` (helpers.results)."""
+    from .results import rescore_main
+
+    return rescore_main(argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -209,6 +209,21 @@ def _read_json(path: Path, what: str):
                         "not the 3DMPPE annotation file - download it again") from None
 
 
+def find_ids(ids, wanted) -> tuple[np.ndarray, np.ndarray]:
+    """The one image-id matcher: for each of `wanted`, its row in `ids` (any order, unique) and whether it is there.
+
+    Returns (rows (K,) int64, found (K,) bool); rows of ids that are not found are meaningless (0)."""
+    ids = np.asarray(ids, dtype=np.int64)
+    wanted = np.asarray(wanted, dtype=np.int64)
+    if len(ids) == 0:
+        return np.zeros(len(wanted), np.int64), np.zeros(len(wanted), bool)
+    order = np.argsort(ids, kind="stable")
+    pos = np.clip(np.searchsorted(ids, wanted, sorter=order), 0, len(ids) - 1)
+    rows = order[pos]
+    found = ids[rows] == wanted
+    return np.where(found, rows, 0), found
+
+
 @dataclass
 class BBoxRoot:
     """A RootNet-format file: detected box (already processed: square, x1.25) and root per image."""
@@ -223,10 +238,7 @@ class BBoxRoot:
 
     def lookup(self, image_ids) -> tuple[np.ndarray, np.ndarray]:
         """Row of each requested id and whether it is present: (positions (K,), found (K,) bool)."""
-        ids = np.asarray(image_ids, dtype=np.int64)
-        pos = np.clip(np.searchsorted(self.image_id, ids), 0, max(len(self) - 1, 0))
-        found = self.image_id[pos] == ids if len(self) else np.zeros(len(ids), bool)
-        return pos, found
+        return find_ids(self.image_id, image_ids)
 
 
 def load_bbox_root(path: str | os.PathLike) -> BBoxRoot:
@@ -276,10 +288,8 @@ def _load_subject(annotation_dir: Path, subject: int, stride: int) -> dict:
     frame_idx = _column(images, "frame_idx", paths["data"])
     ann_image_ids = _column(anns, "image_id", paths["data"])
 
-    order = np.argsort(image_ids, kind="stable")
-    pos = np.clip(np.searchsorted(image_ids, ann_image_ids, sorter=order), 0, max(len(order) - 1, 0))
-    img_row = order[pos] if len(order) else pos
-    unmatched = ann_image_ids[(image_ids[img_row] != ann_image_ids)] if len(order) else ann_image_ids
+    img_row, found = find_ids(image_ids, ann_image_ids)
+    unmatched = ann_image_ids[~found]
     if len(unmatched):
         raise DataError(f"{paths['data']}: {len(unmatched)} annotations refer to images that are not listed "
                         f"(first ids {_first(unmatched)}); the file is inconsistent - download it again")

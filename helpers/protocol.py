@@ -47,6 +47,19 @@ BBOX_3D_SHAPE_MM = (2000.0, 2000.0, 2000.0)
 FRAME_STRIDE = 64  # frame_idx % 64 == 0 is evaluated
 
 
+# The metrics a result can hold (keys of result.json "metrics") and their labels in tables and plots (mm).
+POSE_METRICS = ("mpjpe", "pa_mpjpe_rigid", "pa_mpjpe_similarity", "pa_mpjpe_rigid_fit18")
+ROOT_METRICS = ("mrpe",)
+METRIC_LABELS = {
+    "mpjpe": "MPJPE",
+    "pa_mpjpe_rigid": "PA-MPJPE rigid",
+    "pa_mpjpe_similarity": "PA-MPJPE similarity",
+    "pa_mpjpe_rigid_fit18": "PA-MPJPE rigid fit18",
+    "mrpe": "MRPE",
+}
+HEADLINE_METRICS = ("mpjpe", "pa_mpjpe_rigid_fit18", "mrpe")  # what a protocol (or a root model) reports
+
+
 @dataclass(frozen=True)
 class Protocol:
     number: int

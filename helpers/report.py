@@ -14,23 +14,14 @@ import numpy as np
 import pandas as pd
 
 from .atomic import atomic_path, write_text
-from .protocol import ACTION_NAMES, EVAL_JOINT_NAMES, JOINT_NAMES, SKELETON
+from .protocol import (ACTION_NAMES, EVAL_JOINT_NAMES, HEADLINE_METRICS, JOINT_NAMES, METRIC_LABELS, POSE_METRICS,
+                       SKELETON)
 from .result_schema import validate_result
 
 DEMO_MARKER = "RANDOM DEMO WEIGHTS — numbers are meaningless"
 
-# metric key in result["metrics"] -> column label (all mm)
-POSE_METRIC_LABELS: dict[str, str] = {
-    "mpjpe": "MPJPE",
-    "pa_mpjpe_rigid": "PA-MPJPE rigid",
-    "pa_mpjpe_similarity": "PA-MPJPE similarity",
-    "pa_mpjpe_rigid_fit18": "PA-MPJPE rigid fit18",
-}
-HEADLINE_LABELS: dict[str, str] = {
-    "mpjpe": "MPJPE",
-    "pa_mpjpe_rigid_fit18": "PA-MPJPE rigid fit18",
-    "mrpe": "MRPE",
-}
+POSE_METRIC_LABELS: dict[str, str] = {k: METRIC_LABELS[k] for k in POSE_METRICS}
+HEADLINE_LABELS: dict[str, str] = {k: METRIC_LABELS[k] for k in HEADLINE_METRICS}
 PER_ACTION_PNG, PER_JOINT_PNG = "per_action.png", "per_joint.png"
 MODEL_PLOT_FILE_NAMES = (PER_ACTION_PNG, PER_JOINT_PNG)  # numbers only: safe to publish
 ACTION_MEAN_ROW = "action mean"
@@ -266,12 +257,18 @@ def plot_per_joint(result: dict, ax=None):
 
 
 def write_model_outputs(result: dict, out_dir: str | os.PathLike, spec=None) -> dict[str, Path]:
-    """Write per-action/per-joint CSVs and PNGs (and the paper comparison when a spec is known) into `out_dir`.
+    """Validate `result`, then write its per-action/per-joint CSVs and PNGs (and the paper comparison when a spec
+    is known) into `out_dir`; see `write_model_files`."""
+    validate_result(result)
+    return write_model_files(result, out_dir, spec)
+
+
+def write_model_files(result: dict, out_dir: str | os.PathLike, spec=None) -> dict[str, Path]:
+    """`write_model_outputs` for a result already validated (`helpers.results.write_result` did it).
 
     `spec` defaults to the registry entry of `result["model"]["model_id"]` when there is one.
     Returns {name: path} of the files written.
     """
-    validate_result(result)
     out_dir = Path(out_dir)
     if spec is None:
         from .models.registry import MODEL_REGISTRY

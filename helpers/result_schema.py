@@ -9,7 +9,7 @@ import math
 
 import jsonschema
 
-from .protocol import ACTION_NAMES, EVAL_JOINT_NAMES
+from .protocol import ACTION_NAMES, EVAL_JOINT_NAMES, HEADLINE_METRICS, POSE_METRICS
 
 _NUMBER = {"type": "number"}
 _NONNEG = {"type": "number", "minimum": 0}
@@ -30,7 +30,6 @@ _POSE_METRIC = {
         "per_subject": _PER_SUBJECT,
     },
 }
-_POSE_METRICS = ("mpjpe", "pa_mpjpe_rigid", "pa_mpjpe_similarity", "pa_mpjpe_rigid_fit18")
 _ROOT_METRIC = {
     "type": "object",
     "required": ["total", "x", "y", "z", "per_action", "per_subject"],
@@ -81,7 +80,7 @@ RESULT_SCHEMA: dict = {
         },
         "metrics": {"type": "object"},
         "headline": {"type": "object", "required": ["metric", "value"],
-                     "properties": {"metric": {"enum": ["mpjpe", "pa_mpjpe_rigid_fit18", "mrpe"]},
+                     "properties": {"metric": {"enum": list(HEADLINE_METRICS)},
                                     "value": _NONNEG}},
         "predictions": {"type": "object",
                         "properties": {"file": {"type": ["string", "null"]},
@@ -119,11 +118,14 @@ RESULT_SCHEMA: dict = {
                        "properties": {"key": {"type": "string"}, "hits": {"type": "integer", "minimum": 0},
                                       "misses": {"type": "integer", "minimum": 0}}},
         "decode_check": {"type": ["object", "null"]},
+        "per_sample_errors": {"type": "object", "required": ["file", "metrics"],
+                              "properties": {"file": {"type": "string"},
+                                             "metrics": {"type": "array", "items": {"type": "string"}}}},
     },
     "allOf": [
         {"if": {"properties": {"kind": {"const": "pose"}}},
          "then": {"properties": {
-             "metrics": {"required": list(_POSE_METRICS), "properties": {m: _POSE_METRIC for m in _POSE_METRICS}},
+             "metrics": {"required": list(POSE_METRICS), "properties": {m: _POSE_METRIC for m in POSE_METRICS}},
              "headline": {"properties": {"metric": {"enum": ["mpjpe", "pa_mpjpe_rigid_fit18"]}}}}}},
         {"if": {"properties": {"kind": {"const": "root"}}},
          "then": {"properties": {

@@ -28,13 +28,11 @@ import numpy as np
 import pandas as pd
 
 from . import environment as env
-from .h36m import DataError
+from .h36m import DataError, find_ids
+from .results import BBOX_ROOT_FILE, RESULT_FILE
 
 DEMO_FRAMES = 1  # sampled frames per demo sequence: 239 test samples, small enough for a CPU
 DEMO_DATA_MARKER = "DEMO_DATA.md"
-BBOX_ROOT_FILE_NAME = "bbox_root_human36m_output.json"
-RESULT_FILE_NAME = "result.json"
-PREDICTIONS_FILE_NAME = "predictions.npz"
 QUALITATIVE_FILE_NAME = "qualitative_samples.png"
 QUALITATIVE_COUNT = 4
 
@@ -49,47 +47,26 @@ class CheckpointUnavailable(RuntimeError):
 
 # ------------------------------------------------------------------------------------------- parameters
 def model_families() -> list[str]:
-    from .models.registry import MODEL_REGISTRY
+    from .models.registry import FAMILIES
 
-    return list(dict.fromkeys(spec.family for spec in MODEL_REGISTRY.values()))
+    return list(FAMILIES)
 
 
 def variants_of(family: str) -> list[str]:
-    from .models.registry import MODEL_REGISTRY
+    from .models.registry import get_family
 
-    return [spec.variant for spec in MODEL_REGISTRY.values() if spec.family == family]
+    return get_family(family).variants()
 
 
 def resolve_model_id(model: str, variant: str | None = None) -> str:
-    """Registry model id for a family and variant ("convnextpose", "L" -> "convnextpose_L").
+    """Registry model id for a family and variant (`registry.resolve_model_id`); a ConfigError when unknown."""
+    from .models.registry import UnknownModelError
+    from .models.registry import resolve_model_id as resolve
 
-    `model` may also be a model id itself; then `variant` must be None or that model's variant.
-    Variants match case-insensitively.
-    """
-    from .models.registry import MODEL_REGISTRY
-
-    model = str(model).strip()
-    variant = None if variant is None or str(variant).strip() == "" else str(variant).strip()
-    if model in MODEL_REGISTRY:
-        spec = MODEL_REGISTRY[model]
-        if variant is not None and variant.lower() != spec.variant.lower():
-            raise ConfigError(f"MODEL {model!r} is the model id of variant {spec.variant!r}, but VARIANT is "
-                              f"{variant!r}; set VARIANT = None or {spec.variant!r}, or MODEL = {spec.family!r}")
-        return model
-    families = model_families()
-    if model.lower() not in families:
-        raise ConfigError(f"unknown MODEL {model!r}; choose a family ({', '.join(families)}) "
-                          f"or a model id ({', '.join(MODEL_REGISTRY)})")
-    family = model.lower()
-    valid = variants_of(family)
-    if variant is None:
-        if len(valid) == 1:
-            return next(s.model_id for s in MODEL_REGISTRY.values() if s.family == family)
-        raise ConfigError(f"MODEL {family!r} needs a VARIANT; valid variants: {', '.join(valid)}")
-    for spec in MODEL_REGISTRY.values():
-        if spec.family == family and spec.variant.lower() == variant.lower():
-            return spec.model_id
-    raise ConfigError(f"unknown VARIANT {variant!r} for MODEL {family!r}; valid variants: {', '.join(valid)}")
+    try:
+        return resolve(model, variant)
+    except UnknownModelError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _positive_int_or_none(name: str, value) -> int | None:
@@ -123,31 +100,59 @@ def _optional_path(value) -> str | None:
 
 CPU_DEFAULT_BATCH_SIZE = 16  # used on CPU when BATCH_SIZE is None
 
+
+def _param(default, help: str, notebook: str | None = None):
+    """A RunParams field: `help` is its comment in the notebooks' parameters cell; `notebook` is the default
+    written there when it differs from the field's (a family's own MODEL, VARIANT and FLIP_TEST)."""
+    return field(default=default, metadata={"help": help, "notebook": notebook})
+
+
 @dataclass
 class RunParams:
-    """The notebook parameters (papermill overrides them); see the notebooks' parameters cell."""
+    """The notebook parameters. Each field is one UPPERCASE variable of the notebooks' parameters cell (papermill
+    overrides them); `helpers.notebook_template` writes that cell and the `prepare` call from these fields."""
 
-    model: str
-    variant: str | None = None
-    checkpoint: str | None = None  # path, URL or Google Drive id; None: search the inputs, then the registry
-    data_root: str | None = None  # None: search the input roots
-    protocol: int = 2
-    use_gt_info: bool = True  # ground-truth box and root (the published setting)
-    bbox_root: str | None = None  # RootNet-format file, used with use_gt_info=False
-    flip_test: bool = True
-    batch_size: int | None = None  # None: the model's default
-    precision: str = "fp32"  # "fp32" (the official setting) | "fp16" | "bf16" (checked against fp32, recorded)
-    decode: str = "cpu"  # "cpu" (exact) | "gpu" (nvjpeg, CUDA only; its deviation from the CPU decoder is recorded)
-    device: str = "auto"
-    world_size: int | None = None  # None: every visible GPU
-    image_limit: int | None = None  # evaluate this many test images, spread evenly over the test set
-    output_dir: str | None = None  # None: environment.default_output_dir()
-    demo: str | bool = "auto"
-    skip_missing_images: bool = False
-    seed: int = 0
-    cache_dir: str | None = None  # demo data, demo checkpoints, downloads; None: environment.default_cache_dir()
+    model: str = field(metadata={"help": "model family of this notebook (or a registry model id)"})
+    variant: str | None = _param(None, "{variants}")
+    model_file: str | None = _param(None, "a family file of your own (README: \"Benchmark your own model\"); "
+                                          "MODEL then names its family")
+    checkpoint: str | None = _param(None, "path, URL or Google Drive id; None: search the inputs, then the "
+                                          "registry's download")
+    data_root: str | None = _param(None, "folder holding the Human3.6M annotations and images; None: search the "
+                                         "input roots")
+    protocol: int = _param(2, "2: train S1,5,6,7,8 / test S9,S11, MPJPE; 1: test S11, PA-MPJPE (rigid)")
+    use_gt_info: bool = _param(True, "ground-truth box and root depth (the published setting); False: use BBOX_ROOT")
+    bbox_root: str | None = _param(None, "RootNet-format bbox_root file (rootnet.ipynb writes one), used when "
+                                         "USE_GT_INFO is False")
+    flip_test: bool = _param(True, "average with the horizontally flipped crop{flip_note}")
+    batch_size: int | None = _param(None, "None: the model's default")
+    precision: str = _param("fp32", "\"fp32\": the official setting; \"fp16\"/\"bf16\": faster, checked against "
+                                    "fp32 first (recorded)")
+    decode: str = _param("cpu", "\"cpu\": exact JPEG decoding; \"gpu\": nvjpeg on CUDA, compared with the CPU "
+                                "decoder (recorded)")
+    device: str = _param("auto", "\"auto\" | \"cpu\" | \"cuda\"")
+    world_size: int | None = _param(None, "GPUs to use, one process each; None: every visible GPU")
+    image_limit: int | None = _param(None, "run N test images spread evenly over the test set (a partial result); "
+                                           "None: all")
+    output_dir: str | None = _param(None, "None: /kaggle/working/outputs on Kaggle, else <repo>/outputs; files go "
+                                          "to OUTPUT_DIR/<model_id>/")
+    demo: str | bool = _param("auto", "\"auto\": generated demo data and random weights when no real data is "
+                                      "found; True: always; False: never")
+    skip_missing_images: bool = _param(False, "True: run the images that exist and record the missing ones in "
+                                              "result.json")
+    seed: int = _param(0, "demo data and any randomness")
+    cache_dir: str | None = _param(None, "demo data, demo checkpoints, downloads, crops; None: "
+                                         "/kaggle/temp/h36m_cache or <repo>/.cache")
 
     def __post_init__(self):
+        self.model_file = _optional_path(self.model_file)
+        if self.model_file is not None:
+            from .models.registry import UnknownModelError, load_family_file
+
+            try:
+                load_family_file(self.model_file)
+            except UnknownModelError as exc:
+                raise ConfigError(str(exc)) from None
         self.model_id = resolve_model_id(self.model, self.variant)
         if isinstance(self.protocol, bool) or self.protocol not in (1, 2):
             raise ConfigError(f"PROTOCOL must be 1 or 2, got {self.protocol!r}")
@@ -427,18 +432,11 @@ class Run:
             raise RuntimeError("run.infer() must run before run.evaluate()")
         start = time.perf_counter()
         check = self.image_check if self.params.skip_missing_images else None
-        extra = self._extra_blocks()
-        if self.is_root_model:
-            pred = self.inference["predictions"]
-            self.result = evaluation.evaluate_roots(self.test_set, pred["image_id"], pred["root_cam"],
-                                                    allow_partial=self.partial,
-                                                    flip_test=bool(self.inference["settings"]["flip_test"]),
-                                                    extra=extra, image_check=check)
-        else:
-            self.result, self.per_sample = evaluation.evaluate(
-                self.test_set, self.inference["predictions_path"], allow_partial=self.partial,
-                flip_test=self.params.flip_test, extra=extra, image_check=check, return_per_sample=True,
-                depth_extent_mm=self.spec.depth_extent_mm, protocol_note=self.spec.protocol_note or None)
+        # The flip test is read from what the engine ran (root models never run one).
+        self.result, self.per_sample = evaluation.evaluate_predictions(
+            self.test_set, self.inference["predictions_path"], allow_partial=self.partial,
+            flip_test=bool(self.inference["settings"]["flip_test"]), extra=self._extra_blocks(), image_check=check,
+            depth_extent_mm=self.spec.depth_extent_mm, protocol_note=self.spec.protocol_note or None)
         self.evaluation_s = time.perf_counter() - start
         print(evaluation.format_table(self.result).split("\n", 1)[0])
         if self.result.get("official_summary"):
@@ -459,19 +457,15 @@ class Run:
         """Write result.json (validated), the per-action/per-joint tables and plots, and for RootNet the
         bbox_root file that the other notebooks accept as BBOX_ROOT."""
         from . import report
-        from .atomic import write_json
-        from .result_schema import validate_result
+        from .results import write_result
 
         result = self._need_result()
         timing = dict((self.inference or {}).get("timing") or {})
         timing["evaluation_s"] = round(float(self.evaluation_s or 0.0), 4)
         timing["total_s"] = round(time.perf_counter() - self.started, 4)
-        result["timing"] = {k: (float(v) if isinstance(v, (int, float, np.number)) and not isinstance(v, bool)
-                                else None) for k, v in timing.items()}
-        validate_result(result)
-        self.files["result"] = write_json(self.output_dir / RESULT_FILE_NAME, result)
+        self.files.update(write_result(self.output_dir / RESULT_FILE, result, self.per_sample, timing))
         self.files["predictions"] = Path(self.inference["predictions_path"])
-        self.files.update(report.write_model_outputs(result, self.output_dir, spec=self.spec))
+        self.files.update(report.write_model_files(result, self.output_dir, spec=self.spec))
         if self.is_root_model:
             self.files["bbox_root"] = self._write_bbox_root()
         print(f"result: {self.files['result']}")
@@ -480,7 +474,7 @@ class Run:
     def _write_bbox_root(self) -> Path:
         from .engine import write_bbox_root_file
 
-        path = self.output_dir / BBOX_ROOT_FILE_NAME
+        path = self.output_dir / BBOX_ROOT_FILE
         pred = self.inference["predictions"]
         written = write_bbox_root_file(path, pred["image_id"], pred["bbox"], pred["root_cam"])
         if len(self.selected) < len(self.test_set):
@@ -496,12 +490,21 @@ class Run:
         return report.paper_comparison(self._need_result(), self.spec)
 
     def plots(self) -> None:
-        """Show the per-action (and per-joint) error plots."""
+        """Show the per-action (and per-joint) error plots: the files `save()` wrote, else drawn afresh."""
         import matplotlib.pyplot as plt
 
         from . import report
 
         result = self._need_result()
+        saved = [self.files[k] for k in ("per_action_png", "per_joint_png") if k in self.files]
+        if saved:
+            try:
+                from IPython.display import Image
+            except ImportError:
+                Image = None  # noqa: N806
+            for path in saved:
+                _display(Image(filename=str(path)) if Image is not None else path)
+            return
         figures = [report.plot_per_action(result)]
         if result["kind"] == "pose":
             figures.append(report.plot_per_joint(result))
@@ -509,53 +512,47 @@ class Run:
             _display(fig)
             plt.close(fig)
 
-    def _sample_order(self) -> np.ndarray:
-        """Evaluated positions (in eval_set) picked from best to worst error, spread over the ranking."""
-        if self.is_root_model:
-            pred = self.inference["predictions"]
-            rows = self._prediction_rows(pred["image_id"])
-            errors = np.linalg.norm(pred["root_cam"][rows] - self.eval_set.gt_root_cam, axis=1)
-        else:
-            frame = self.per_sample.frame().set_index("image_id")
-            errors = frame.loc[self.eval_set.image_id, "mpjpe"].to_numpy()
+    def _sample_order(self) -> tuple[np.ndarray, np.ndarray]:
+        """Evaluated positions (in eval_set) picked from best to worst error, spread over the ranking, and the
+        headline error of every evaluated position."""
+        errors = self.per_sample.sample_errors()["mrpe" if self.is_root_model else "mpjpe"]
+        rows, _ = find_ids(self.per_sample.image_id, self.eval_set.image_id)
+        errors = errors[rows]
         ranking = np.argsort(errors, kind="stable")
         return _spread(ranking, QUALITATIVE_COUNT), errors
-
-    def _prediction_rows(self, image_ids: np.ndarray) -> np.ndarray:
-        position = {int(i): k for k, i in enumerate(image_ids)}
-        return np.array([position[int(i)] for i in self.eval_set.image_id])
 
     def qualitative_samples(self, count: int = QUALITATIVE_COUNT):
         """Best-to-worst samples: the crop with the predicted 2D skeleton (RootNet: the root) and the 3D
         prediction next to the ground truth. Saved as qualitative_samples.png."""
         import matplotlib.pyplot as plt
-        from torchvision.io import ImageReadMode, decode_image, read_file
 
         from . import report
         from .geometry import camera_to_pixel
+        from .images import read_image
         from .pipeline import crop_images
 
         result = self._need_result()
         picks, errors = self._sample_order()
         picks = picks[:count]
         es = self.eval_set
-        pred = self.inference["predictions"]
-        rows = self._prediction_rows(pred["image_id"])
+        sample_rows, _ = find_ids(self.per_sample.image_id, es.image_id)
         in_h, in_w = self.spec.input_shape
         crops, coords_2d, pred_cam, gt_cam, titles = [], [], [], [], []
+        if not self.is_root_model:
+            pred = self.inference["predictions"]
+            pred_rows, _ = find_ids(pred["image_id"], es.image_id)
         for k in picks:
-            image = decode_image(read_file(str(self.image_paths[k])), mode=ImageReadMode.RGB)
-            crops.append(crop_images([image], es.bbox[k:k + 1], (in_h, in_w))[0])
+            crops.append(crop_images([read_image(self.image_paths[k])], es.bbox[k:k + 1], (in_h, in_w))[0])
             box = es.bbox[k]
             if self.is_root_model:
-                uv = camera_to_pixel(pred["root_cam"][rows[k]][None], es.f[k], es.c[k])[:, :2]
+                root = self.per_sample.pred_cam[sample_rows[k]]
+                uv = camera_to_pixel(root[None], es.f[k], es.c[k])[:, :2]
                 coords_2d.append((uv - box[:2]) / box[2:] * np.array([in_w, in_h]))
                 metric = "root error"
             else:
-                coords_2d.append(report.heatmap_to_crop_pixels(pred["coords"][rows[k]], self.spec.output_shape,
+                coords_2d.append(report.heatmap_to_crop_pixels(pred["coords"][pred_rows[k]], self.spec.output_shape,
                                                                self.spec.input_shape))
-                pos = int(np.flatnonzero(self.per_sample.image_id == es.image_id[k])[0])
-                pred_cam.append(self.per_sample.pred_cam[pos])
+                pred_cam.append(self.per_sample.pred_cam[sample_rows[k]])
                 gt_cam.append(es.joint_cam[k])
                 metric = "MPJPE"
             titles.append(f"image {es.image_id[k]} ({es.action_names()[k]}): {metric} {errors[k]:.1f} mm")
@@ -616,7 +613,7 @@ def _resolve_data(params: RunParams, cache_dir: Path, demo: bool) -> tuple[Path,
 
     if demo:
         root = ensure_demo_data(cache_dir, seed=params.seed)
-        return root, find_annotation_dir(root), str(root / BBOX_ROOT_FILE_NAME)
+        return root, find_annotation_dir(root), str(root / BBOX_ROOT_FILE)
     if params.data_root is not None:
         root = Path(params.data_root).expanduser()
         if not root.is_dir():
@@ -725,7 +722,7 @@ def prepare(params: RunParams) -> Run:
                               "writes one) with a box and root for every test image")
         if not Path(bbox_root).is_file():
             raise DataError(f"BBOX_ROOT {bbox_root} does not exist; run rootnet.ipynb first (it writes "
-                            f"<OUTPUT_DIR>/rootnet/{BBOX_ROOT_FILE_NAME}) or point BBOX_ROOT at a RootNet output file")
+                            f"<OUTPUT_DIR>/rootnet/{BBOX_ROOT_FILE}) or point BBOX_ROOT at a RootNet output file")
     # Boxes padded to the model's input aspect ratio (3:4 for a 384x288 input), so crops are not distorted.
     test_set = load_test_set(annotation_dir, protocol=params.protocol, bbox_root=bbox_root,
                              aspect_ratio=spec.aspect_ratio)

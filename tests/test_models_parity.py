@@ -18,7 +18,8 @@ import golden
 from helpers.models import build_model
 from helpers.models.common import soft_argmax_2d, soft_argmax_3d
 from helpers.models.convnextpose import DeConv, build_convnextpose
-from helpers.models.resnet_pose import RootNetHead, build_integral
+from helpers.models.integral import build_integral
+from helpers.models.rootnet import RootNetHead
 
 FAMILY_PREFIXES = ("convnextpose_", "posenet", "rootnet", "integral_")
 PARITY_IDS = ["convnextpose_XS", "convnextpose_S", "convnextpose_M", "convnextpose_L",

@@ -11,6 +11,7 @@ import pytest
 from helpers import environment, evaluate, h36m, runner
 from helpers.geometry import camera_to_heatmap
 from helpers.models.registry import MODEL_REGISTRY, get_spec
+from helpers.results import RESULT_FILE
 
 CHALLENGE = "integral_r152_challenge"
 ASPECT = 288 / 384  # the challenge input's width / height
@@ -152,7 +153,7 @@ def test_the_challenge_model_runs_end_to_end_on_3_by_4_crops(challenge_run):
     assert (coords[..., 1] >= 0).all() and (coords[..., 1] <= 95).all()
     assert (coords[..., 2] >= 0).all() and (coords[..., 2] <= 71).all()
 
-    saved = json.loads((run.output_dir / runner.RESULT_FILE_NAME).read_text())
+    saved = json.loads((run.output_dir / RESULT_FILE).read_text())
     assert saved["predictions"]["output_shape"] == [96, 72] and saved["predictions"]["depth_extent_mm"] == 1485.0
     conv = saved["conventions"]
     assert conv["crop_aspect_ratio"] == pytest.approx(0.75) and conv["depth_extent_mm"] == 1485.0

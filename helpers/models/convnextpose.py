@@ -1,17 +1,23 @@
 """ConvNeXtPose (IEEE Access 2023): ConvNeXt with BatchNorm + ReLU and a 3-DeConv head (helpers/README.md, "Models").
 
+The whole family in one file: architecture, the XS/S/M/L keyword configs, the legacy-key filter and its
+inverse, and the notebook text.
+
 Module names reproduce the official state-dict keys (without `module.`): `backbone.downsample_layers.*`,
 `backbone.stages.*`, `backbone.norm`, `head.deconv_layers_{1,2,3}.{dwconv,norm,pwconv}`, `head.final_layer`.
+Some released files (and our M/L demo checkpoints) spell the head `head.deconv_layers_N.0/.1/.2`.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .common import check_input, soft_argmax_3d
+from .spec import CheckpointSource, Family, ModelSpec, NotebookText, PaperResult
 
 BACKBONE_STRIDE = 32
 
@@ -114,6 +120,87 @@ class ConvNeXtPose(nn.Module):
 
 def build_convnextpose(depths: Sequence[int], dims: Sequence[int], head_width: int, upsample: Sequence[bool],
                        depth_dim: int, joint_num: int = 18) -> ConvNeXtPose:
-    """A ConvNeXtPose variant; the registry's `convnextpose_{XS,S,M,L}` entries hold the official settings."""
+    """A ConvNeXtPose variant; `FAMILY` below holds the official settings of XS, S, M and L."""
     return ConvNeXtPose(tuple(depths), tuple(dims), int(head_width), tuple(bool(u) for u in upsample),
                         depth_dim, joint_num)
+
+
+# ------------------------------------------------------------------------------------------ checkpoint keys
+_LEGACY_HEAD = re.compile(r"^(head\.deconv_layers_\d+)\.([012])\.(.+)$")
+_CANONICAL_HEAD = re.compile(r"^(head\.deconv_layers_\d+)\.(dwconv|norm|pwconv)\.(.+)$")
+_LEGACY_NAMES = {"0": "dwconv", "1": "norm", "2": "pwconv"}
+_LEGACY_INDEX = {name: index for index, name in _LEGACY_NAMES.items()}
+LEGACY_HEAD_VARIANTS = ("M", "L")  # demo checkpoints of these variants use the legacy head keys
+
+
+def filter_keys(state_dict: Mapping) -> tuple[dict, list[str]]:
+    """Legacy head keys `head.deconv_layers_N.0/.1/.2` -> `.dwconv/.norm/.pwconv` (ConvNeXtPose files only)."""
+    is_convnextpose = any(k.startswith("backbone.downsample_layers.") for k in state_dict)
+    if not is_convnextpose or not any(_LEGACY_HEAD.match(k) for k in state_dict):
+        return dict(state_dict), []
+    out, renamed = {}, 0
+    for key, value in state_dict.items():
+        m = _LEGACY_HEAD.match(key)
+        if m:
+            key = f"{m.group(1)}.{_LEGACY_NAMES[m.group(2)]}.{m.group(3)}"
+            renamed += 1
+        out[key] = value
+    return out, [f"ConvNeXtPose legacy head keys deconv_layers_N.0/.1/.2 -> dwconv/norm/pwconv ({renamed} keys)"]
+
+
+def official_keys(spec: ModelSpec, state_dict: Mapping) -> dict:
+    """The inverse of `filter_keys` for the variants whose released files use the legacy head keys."""
+    if spec.variant not in LEGACY_HEAD_VARIANTS:
+        return dict(state_dict)
+    out = {}
+    for key, value in state_dict.items():
+        m = _CANONICAL_HEAD.match(key)
+        out[f"{m.group(1)}.{_LEGACY_INDEX[m.group(2)]}.{m.group(3)}" if m else key] = value
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ variants
+_DRIVE_FOLDER = "12H7zkLvmJtrkCmAUAPkQ6788WAnO60gI"
+_PAPER_SOURCE = "ConvNeXtPose paper variant table (XS, S); official README (M, L)"
+
+
+def _variant(variant: str, *, depths, dims, head_width, upsample, heatmap, num_params, num_params_incl_buffers,
+             gmacs, p2_mpjpe, p1_pa_mpjpe, drive_id, size_mb) -> ModelSpec:
+    return ModelSpec(
+        model_id=f"convnextpose_{variant}", family="convnextpose", variant=variant, builder=build_convnextpose,
+        builder_kwargs=dict(depths=depths, dims=dims, head_width=head_width, upsample=upsample, depth_dim=heatmap),
+        output_shape=(heatmap, heatmap), depth_dim=heatmap, num_params=num_params,
+        num_params_incl_buffers=num_params_incl_buffers, gmacs=gmacs,
+        paper=PaperResult(p2_mpjpe=p2_mpjpe, p1_pa_mpjpe=p1_pa_mpjpe, source=_PAPER_SOURCE),
+        checkpoints=(CheckpointSource(f"ConvNeXtPose_{variant}.tar", drive_id=drive_id, drive_folder=_DRIVE_FOLDER,
+                                      approx_size_mb=size_mb, note="PyTorch zip checkpoint despite the .tar name"),),
+        default_batch_size=128 if variant in ("XS", "S") else 64,
+    )
+
+
+_SMALL = dict(depths=(3, 3, 9, 3), dims=(48, 96, 192, 384))
+
+FAMILY = Family(
+    name="convnextpose", display_name="ConvNeXtPose",
+    models=(
+        _variant("XS", depths=(2, 2, 6, 2), dims=(40, 80, 160, 320), head_width=128, upsample=(True, True, False),
+                 heatmap=32, num_params=3_528_008, num_params_incl_buffers=3_534_140, gmacs=0.815, p2_mpjpe=56.61,
+                 p1_pa_mpjpe=None, drive_id="165D0rU2GImmRe7u7DNe6eKJG8voBIcGh", size_mb=42.5),
+        _variant("S", **_SMALL, head_width=256, upsample=(True, True, False), heatmap=32, num_params=7_438_976,
+                 num_params_incl_buffers=7_448_954, gmacs=1.738, p2_mpjpe=51.80, p1_pa_mpjpe=None,
+                 drive_id="1OriQPQ3uRY8MWPHP9KnwPaKawzrontqH", size_mb=89.6),
+        _variant("M", **_SMALL, head_width=256, upsample=(True, True, True), heatmap=64, num_params=7_587_008,
+                 num_params_incl_buffers=7_596_986, gmacs=2.795, p2_mpjpe=51.05, p1_pa_mpjpe=34.5,
+                 drive_id="1X_H-6S4xrQjW9GhJ3yWB-AXqUHddvkOI", size_mb=91.3),
+        _variant("L", **_SMALL, head_width=512, upsample=(True, True, True), heatmap=64, num_params=8_380_352,
+                 num_params_incl_buffers=8_391_354, gmacs=4.264, p2_mpjpe=49.75, p1_pa_mpjpe=32.8,
+                 drive_id="1eIaMqTYG-30CuPULs9LzSfeouAzYYHQW", size_mb=101.0),
+    ),
+    notebook=NotebookText(
+        file="convnextpose.ipynb", title="ConvNeXtPose (IEEE Access 2023) on Human3.6M", default_variant="L",
+        intro=("ConvNeXtPose: a ConvNeXt backbone with BatchNorm and ReLU and a light three-layer head, predicting "
+               "18 joints as a soft-argmax over a heatmap volume. Four released variants; the checkpoint files are "
+               "PyTorch zip archives despite their `.tar` name, and some use legacy head key names (the loader "
+               "accepts both).")),
+    key_filter=filter_keys, official_keys=official_keys,
+)

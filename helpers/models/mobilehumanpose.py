@@ -1,5 +1,7 @@
 """MobileHumanPose (Choi et al., CVPRW 2021): the four LpNet backbones with a soft-argmax decode.
 
+The whole family in one file: architecture, the four variants' keyword configs and the notebook text.
+
 Four architectures share one vocabulary of layers and the official state-dict key names
 (without the DataParallel prefix `module.`), so official checkpoints load strictly:
 
@@ -22,6 +24,7 @@ import torch
 from torch import nn
 
 from .common import check_input, soft_argmax_3d
+from .spec import Family, ModelSpec, NotebookText, PaperResult
 
 STEM_CHANNELS = 48
 EMBEDDING_CHANNELS = 2048
@@ -254,3 +257,31 @@ def build_lpwo(joint_num: int = 18) -> MobileHumanPose:
     """LpNetWoConcat: no skip connections, 64x64x64."""
     depth_dim = 64
     return MobileHumanPose(LpNetWoConcat(_check_joint_num(joint_num), depth_dim), joint_num, depth_dim)
+
+
+FAMILY = Family(
+    name="mobilehumanpose", display_name="MobileHumanPose",
+    models=(
+        ModelSpec(model_id="mobilehumanpose_lpski", family="mobilehumanpose", variant="lpski", builder=build_lpski,
+                  output_shape=(32, 32), depth_dim=32,
+                  num_params=3_500_064, num_params_incl_buffers=3_541_530, gmacs=0.476,
+                  notes="current LpNetSkiConcat (32x32x32); no official weights exist"),
+        ModelSpec(model_id="mobilehumanpose_lpski_2021", family="mobilehumanpose", variant="lpski_2021",
+                  builder=build_lpski_2021, num_params=4_073_248, num_params_incl_buffers=4_114_938, gmacs=5.279,
+                  paper=PaperResult(p2_mpjpe=51.4, p1_pa_mpjpe=35.2,
+                                    source="MobileHumanPose (CVPRW 2021), model L, 4.07M"),
+                  notes="paper-era LpNetSkiConcat (64x64x64); no official weights exist"),
+        ModelSpec(model_id="mobilehumanpose_lpres", family="mobilehumanpose", variant="lpres", builder=build_lpres,
+                  num_params=7_253_888, num_params_incl_buffers=7_305_306, gmacs=11.129,
+                  notes="LpNetResConcat; official keys spell the decoder 'deonv0..2'"),
+        ModelSpec(model_id="mobilehumanpose_lpwo", family="mobilehumanpose", variant="lpwo", builder=build_lpwo,
+                  num_params=4_034_336, num_params_incl_buffers=4_076_026, gmacs=5.271),
+    ),
+    notebook=NotebookText(
+        file="mobilehumanpose.ipynb", title="MobileHumanPose (CVPRW 2021) on Human3.6M", default_variant="lpski",
+        intro=("MobileHumanPose: MobileNetV2-style inverted residuals with PReLU and a skip-concat decoder. "
+               "**No official weights exist**: on real data, set `CHECKPOINT` to a file you trust (a run without one "
+               "stops and says so); the embedded demo uses random-initialised weights and says so in every table. "
+               "`lpski` is the current repository version (32x32x32 output); `lpski_2021` is the paper-era version "
+               "(64x64x64) the published numbers describe.")),
+)

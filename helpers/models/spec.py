@@ -1,0 +1,121 @@
+"""What a model family declares: `ModelSpec` per model id, and the `Family` that holds them.
+
+Family files (`helpers/models/<family>.py`, or your own file) import these; `registry` collects the families.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+from ..protocol import FLIP_PAIRS, JOINT_NAMES
+
+
+@dataclass(frozen=True)
+class CheckpointSource:
+    """Where released weights can be found. `drive_id` is a Google Drive file id."""
+
+    file_name: str
+    drive_id: str | None = None
+    drive_folder: str | None = None
+    url: str | None = None
+    approx_size_mb: float | None = None
+    sha256: str | None = None
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class PaperResult:
+    p2_mpjpe: float | None = None  # Protocol 2 MPJPE, ground-truth box and root (mm)
+    p1_pa_mpjpe: float | None = None  # Protocol 1 PA-MPJPE, rigid alignment (mm)
+    p2_mpjpe_detected: float | None = None  # with RootNet box and root
+    p1_pa_mpjpe_detected: float | None = None
+    mrpe: dict | None = None  # root models only: {"total", "x", "y", "z"}
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    model_id: str
+    family: str  # the name of the Family that holds this spec
+    variant: str
+    # A callable returning a fresh nn.Module, called with builder_kwargs; or "module:function" inside helpers.models.
+    builder: Callable | str
+    builder_kwargs: dict = field(default_factory=dict)
+    kind: str = "pose"  # "pose": model(x) -> (N,J,3) heatmap units; "root": model(x, k) -> (N,3)
+    input_shape: tuple[int, int] = (256, 256)  # (H, W)
+    output_shape: tuple[int, int] = (64, 64)  # (H, W) of the heatmap
+    depth_dim: int = 64
+    joint_num: int = 18
+    joint_names: tuple[str, ...] = JOINT_NAMES
+    flip_pairs: tuple[tuple[int, int], ...] = FLIP_PAIRS
+    normalization: str = "3dmppe"  # a key of helpers.pipeline.NORMALIZATION
+    num_params: int | None = None  # trainable parameters, exact
+    num_params_incl_buffers: int | None = None  # every state-dict entry's numel, exact
+    gmacs: float | None = None  # multiply-accumulates / 1e9 at input_shape, batch 1 (torch.utils.flop_counter / 2)
+    paper: PaperResult = PaperResult()
+    checkpoints: tuple[CheckpointSource, ...] = ()
+    default_batch_size: int = 64
+    notes: str = ""
+    # (W, H, D) mm of the 3D box around the root. D is the depth range the depth bins span (+-D/2 around
+    # the root); W:H is what the crop's aspect ratio stands for. 3DMPPE: 2000 mm cube.
+    bbox_3d_mm: tuple[float, float, float] = (2000.0, 2000.0, 2000.0)
+    # Non-empty when the model was trained and scored under another protocol (crop, split): its numbers
+    # are then not comparable to the Protocol 1/2 papers, and results and reports say so.
+    protocol_note: str = ""
+
+    @property
+    def aspect_ratio(self) -> float:
+        """Input width / height: the aspect ratio every crop box is padded to."""
+        return self.input_shape[1] / self.input_shape[0]
+
+    @property
+    def depth_extent_mm(self) -> float:
+        """Depth range (mm) the depth bins span, centred on the root."""
+        return float(self.bbox_3d_mm[2])
+
+    @property
+    def display_name(self) -> str:
+        """"<family display name> <variant>", e.g. "ConvNeXtPose L"."""
+        from .registry import FAMILIES
+
+        family = FAMILIES.get(self.family)
+        return f"{family.display_name if family else self.family} {self.variant}"
+
+    def build(self, **overrides):
+        """A fresh model in eval mode, on CPU, randomly initialised."""
+        fn = self.builder
+        if isinstance(fn, str):
+            module_name, fn_name = fn.split(":")
+            fn = getattr(importlib.import_module(f"{__package__}.{module_name}"), fn_name)
+        return fn(**{**self.builder_kwargs, **overrides}).eval()
+
+
+@dataclass(frozen=True)
+class NotebookText:
+    """What a family's notebook says about it (helpers.notebook_template writes the rest)."""
+
+    file: str  # notebook file name, e.g. "convnextpose.ipynb"
+    title: str
+    intro: str  # markdown: what the model is and what to know before running it
+    default_variant: str
+
+
+@dataclass(frozen=True)
+class Family:
+    """One model family: its specs and everything about it the rest of the package needs."""
+
+    name: str  # the MODEL parameter, e.g. "convnextpose"
+    display_name: str  # for tables and reports, e.g. "ConvNeXtPose"
+    models: tuple[ModelSpec, ...]
+    notebook: NotebookText
+    # Official checkpoint keys -> ours, acting only on this family's sentinel keys (timm's
+    # checkpoint_filter_fn); returns (state dict, notes on what was renamed). None: keys are already ours.
+    key_filter: Callable[[Mapping], tuple[dict, list[str]]] | None = None
+    # Ours -> the official on-disk layout, without the `module.` prefix; used to write demo checkpoints
+    # (spec, state dict) -> state dict. None: the official keys are ours.
+    official_keys: Callable[[ModelSpec, Mapping], dict] | None = None
+    source: str = ""  # where the family was defined (module name or file path); set on registration
+
+    def variants(self) -> list[str]:
+        return [spec.variant for spec in self.models]

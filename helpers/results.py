@@ -1,0 +1,154 @@
+"""One home for a run's result files: `result.json` is assembled and validated here, once, and the
+per-sample errors are stored beside it, by the same code for the notebooks and for `rescore`.
+
+    python -m helpers rescore --annotations DIR --predictions predictions.npz --out result.json
+
+re-evaluates a saved predictions file (pose or root) without rerunning a model, and writes
+`result.json` and `per_sample_errors.npz` next to it.
+
+Files of one model's output folder (`<output_dir>/<model_id>/`): `RESULT_FILE`, `PREDICTIONS_FILE`,
+`PER_SAMPLE_FILE`, and for root models `BBOX_ROOT_FILE` (what the pose notebooks accept as BBOX_ROOT).
+The per-sample file holds `image_id`, `subject`, `action_index`, `subaction` and one (N,) float64 array of
+per-sample errors in mm per metric (pose metrics: the mean over the 17 evaluated joints), in test-set order.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from .atomic import save_npz, write_json
+from .evaluate import PerSample, PredictionError, evaluate_predictions, format_table, load_predictions
+from .h36m import DataError, load_test_set
+from .result_schema import validate_result
+
+RESULT_FILE = "result.json"
+PREDICTIONS_FILE = "predictions.npz"
+PER_SAMPLE_FILE = "per_sample_errors.npz"
+BBOX_ROOT_FILE = "bbox_root_human36m_output.json"
+_PER_SAMPLE_KEYS = ("image_id", "subject", "action_index", "subaction")
+
+
+def per_sample_path(result_path: str | Path) -> Path:
+    """Where the per-sample errors of `result_path` go: `per_sample_errors.npz` beside a `result.json`,
+    `<name>.per_sample_errors.npz` beside any other name."""
+    result_path = Path(result_path)
+    if result_path.name == RESULT_FILE:
+        return result_path.with_name(PER_SAMPLE_FILE)
+    return result_path.with_name(f"{result_path.stem}.{PER_SAMPLE_FILE}")
+
+
+def save_per_sample(path: str | Path, per_sample: PerSample) -> Path:
+    """Write the per-sample errors atomically (plain arrays, no pickles)."""
+    errors = per_sample.sample_errors()
+    arrays = {key: np.asarray(getattr(per_sample, key)) for key in _PER_SAMPLE_KEYS}
+    arrays["image_id"] = arrays["image_id"].astype(np.int64)
+    arrays.update({f"error_{name}": np.asarray(err, dtype=np.float64) for name, err in errors.items()})
+    arrays["metrics"] = np.array(list(errors))
+    return save_npz(path, **arrays)
+
+
+def load_per_sample(path: str | Path) -> dict:
+    """Read a per-sample errors file: {image_id, subject, action_index, subaction, errors: {metric: (N,)}}."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            raw = {k: npz[k] for k in npz.files}
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+        raise PredictionError(f"per-sample errors file {path} is not a readable .npz of plain arrays ({exc})") from None
+    missing = [k for k in (*_PER_SAMPLE_KEYS, "metrics") if k not in raw]
+    if missing:
+        raise PredictionError(f"per-sample errors file {path} lacks {', '.join(missing)}")
+    out = {k: raw[k] for k in _PER_SAMPLE_KEYS}
+    out["errors"] = {str(m): raw[f"error_{m}"] for m in raw["metrics"]}
+    return out
+
+
+def write_result(result_path: str | Path, result: dict, per_sample: PerSample | None = None,
+                 timing: dict | None = None) -> dict[str, Path]:
+    """Validate `result` (with `timing` added) once and write it, and the per-sample errors beside it, atomically.
+
+    Returns {"result": path, "per_sample_errors": path}. Nothing is written when the result is invalid."""
+    result_path = Path(result_path)
+    if timing is not None:
+        result["timing"] = {k: (float(v) if isinstance(v, (int, float, np.number)) and not isinstance(v, bool)
+                                else None) for k, v in timing.items()}
+    files = {}
+    if per_sample is not None:
+        sample_path = per_sample_path(result_path)
+        result["per_sample_errors"] = {"file": sample_path.name, "metrics": list(per_sample.errors)}
+    validate_result(result)
+    if per_sample is not None:
+        files["per_sample_errors"] = save_per_sample(sample_path, per_sample)
+    files["result"] = write_json(result_path, result)
+    return files
+
+
+# ------------------------------------------------------------------------------------------- rescore CLI
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m helpers rescore",
+                                description="Evaluate a predictions.npz (pose or root) against Human3.6M "
+                                            "annotations; writes result.json and the per-sample errors beside it.")
+    p.add_argument("--annotations", required=True,
+                   help="the annotation folder, or any folder above it (searched)")
+    p.add_argument("--predictions", required=True,
+                   help="predictions.npz: pose (image_id, coords, output_shape, depth_dim) or root (image_id, root_cam)")
+    p.add_argument("--bbox-root", default=None,
+                   help="RootNet-format file with detected boxes and roots (default: ground-truth box and root)")
+    p.add_argument("--protocol", type=int, choices=(1, 2), default=2)
+    p.add_argument("--aspect-ratio", type=float, default=None,
+                   help="the model's input width / height the crop boxes were padded to (default: from the "
+                        "predictions' input_shape or model_id, else 1)")
+    p.add_argument("--depth-extent-mm", type=float, default=None,
+                   help="mm the depth bins span (default: from the predictions' depth_extent_mm or model_id, else 2000)")
+    p.add_argument("--allow-partial", action="store_true",
+                   help="evaluate even if some test samples have no prediction (recorded as partial)")
+    p.add_argument("--model-file", action="append", default=[], metavar="FILE",
+                   help="a family file of your own, so its model ids are known (repeatable)")
+    p.add_argument("--out", required=True, help="result.json to write (atomically)")
+    return p
+
+
+def model_decode_settings(pred: dict) -> tuple[float | None, float | None, str | None]:
+    """(aspect ratio, depth extent mm, protocol note) the predictions' own fields or their registry model
+    imply; None where neither says."""
+    from .models.registry import MODEL_REGISTRY
+
+    spec = MODEL_REGISTRY.get(pred.get("model_id")) if isinstance(pred.get("model_id"), str) else None
+    aspect = extent = None
+    if "input_shape" in pred:
+        aspect = pred["input_shape"][1] / pred["input_shape"][0]
+    elif spec is not None:
+        aspect = spec.aspect_ratio
+    if "depth_extent_mm" in pred:
+        extent = pred["depth_extent_mm"]
+    elif spec is not None:
+        extent = spec.depth_extent_mm
+    return aspect, extent, (spec.protocol_note or None) if spec is not None else None
+
+
+def rescore_main(argv: list[str] | None = None) -> int:
+    from .models.registry import load_family_file
+
+    args = _parser().parse_args(argv)
+    try:
+        for model_file in args.model_file:
+            load_family_file(model_file)
+        pred = load_predictions(args.predictions)
+        aspect, extent, note = model_decode_settings(pred)
+        aspect = args.aspect_ratio if args.aspect_ratio is not None else (aspect or 1.0)
+        extent = args.depth_extent_mm if args.depth_extent_mm is not None else extent
+        test_set = load_test_set(args.annotations, protocol=args.protocol, bbox_root=args.bbox_root,
+                                 aspect_ratio=aspect)
+        result, per_sample = evaluate_predictions(test_set, pred, allow_partial=args.allow_partial,
+                                                  depth_extent_mm=extent, protocol_note=note)
+        print(format_table(result))
+        files = write_result(args.out, result, per_sample)
+    except (DataError, PredictionError, OSError, ValueError) as exc:
+        print(f"rescore failed: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {files['result']} and {files['per_sample_errors']}")
+    return 0
