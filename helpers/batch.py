@@ -1,6 +1,6 @@
 """Headless batch runs: execute the model notebooks with papermill, then consolidate the results.
 
-    python -m helpers.batch [--plan plan.yaml] [--out DIR] [--image-limit N] [--only MODEL_IDS]
+    python -m helpers batch [--plan plan.yaml] [--out DIR] [--image-limit N] [--only MODEL_IDS]
 
 Each run of the plan executes one notebook in its own kernel (papermill, kernel "python3") and saves
 the executed notebook under `<out>/runs/<run id>.ipynb`; the model outputs go to `<out>/<model id>/`.
@@ -32,6 +32,7 @@ import pandas as pd
 
 from .atomic import write_json
 from .environment import BATCH_ENV_VAR  # tells the kernels that nobody can answer widgets
+from .results import RESULT_FILE
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
 REPO_ROOT = PACKAGE_ROOT.parent
@@ -170,14 +171,17 @@ def _kernel_environment() -> None:
 
 
 def _expected_model_id(parameters: dict) -> str | None:
-    """The model id a run's MODEL/VARIANT parameters name; None when they name none (the run will say why)."""
-    from .runner import ConfigError, resolve_model_id
+    """The model id a run's MODEL/VARIANT (and MODEL_FILE) parameters name; None when they name none (the run
+    will say why)."""
+    from .models.registry import UnknownModelError, load_family_file, resolve_model_id
 
     if "MODEL" not in parameters:
         return None
     try:
+        if parameters.get("MODEL_FILE"):
+            load_family_file(parameters["MODEL_FILE"])
         return resolve_model_id(parameters["MODEL"], parameters.get("VARIANT"))
-    except ConfigError:
+    except (UnknownModelError, ValueError):
         return None
 
 
@@ -185,7 +189,7 @@ def _fresh_result(out_dir: Path, model_id: str | None, since: float) -> Path | N
     """`<out>/<model_id>/result.json` when this run wrote it (modified after `since`)."""
     if model_id is None:
         return None
-    path = out_dir / model_id / "result.json"
+    path = out_dir / model_id / RESULT_FILE
     return path if path.is_file() and path.stat().st_mtime >= since else None
 
 
@@ -212,7 +216,7 @@ def run_plan(runs: list[PlannedRun], out_dir: Path, notebook_dir: Path = DEFAULT
         seconds = round(time.perf_counter() - start, 2)
         result_json = _fresh_result(out_dir, model_id, since) if error is None else None
         if error is None and result_json is None:
-            error = (f"the notebook finished but wrote no {out_dir / str(model_id) / 'result.json'}; "
+            error = (f"the notebook finished but wrote no {out_dir / str(model_id) / RESULT_FILE}; "
                      "its MODEL/VARIANT parameters must name the model it runs")
         record = RunRecord(run.run_id, run.notebook, str(output), "failed" if error else "ok", seconds,
                            model_id=model_id, result_json=str(result_json) if result_json else None,
@@ -234,23 +238,42 @@ def real_data_found() -> tuple[bool, str]:
     from . import environment, h36m
 
     roots = environment.default_input_roots()
-    for root in roots:
-        try:
-            return True, f"real annotations found under {h36m.find_annotation_dir(root)}"
-        except h36m.DataError:
-            continue
+    found = h36m.find_real_annotations(roots)
+    if found is not None:
+        return True, f"real annotations found under {found[1]}"
     searched = ", ".join(str(r) for r in roots) or "no input root exists"
     return False, (f"no real Human3.6M annotations under the input roots ({searched}): runs with DEMO 'auto' use "
                    "the generated demo set and random-initialised checkpoints")
 
 
+def family_runs(model_file: str | os.PathLike, notebook_dir: Path, defaults: dict | None = None) -> list[PlannedRun]:
+    """One run per model of the family in `model_file`, on that family's notebook, written into `notebook_dir`
+    from the template (helpers.notebook_template)."""
+    from .atomic import write_text
+    from .models.registry import load_family_file
+    from .notebook_template import model_notebook, notebook_text
+
+    model_file = str(Path(model_file).expanduser().resolve())
+    family = load_family_file(model_file)
+    notebook = write_text(Path(notebook_dir) / family.notebook.file, notebook_text(model_notebook(family)))
+    runs = []
+    for spec in family.models:
+        own = {"MODEL": family.name, "VARIANT": spec.variant, "MODEL_FILE": model_file}
+        runs.append(PlannedRun(spec.model_id, str(notebook), {**(defaults or {}), **own}, own))
+    return runs
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m helpers.batch", description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog="python -m helpers batch", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n\n", 1)[1])
     parser.add_argument("--plan", help="YAML plan (default: helpers/plans/default.yaml)")
     parser.add_argument("--out", help="output folder (default: environment.default_output_dir())")
-    parser.add_argument("--image-limit", type=int, help="evaluate only the first N test images of every run")
+    parser.add_argument("--image-limit", type=int,
+                        help="IMAGE_LIMIT of every run: N test images spread evenly over its test set (partial results)")
+    parser.add_argument("--model-file", action="append", default=[], metavar="FILE",
+                        help="a family file of your own (README: \"Benchmark your own model\"): adds one run per model "
+                             "of that family; without --plan only those runs (repeatable)")
     parser.add_argument("--only", help="comma-separated run ids of the plan, e.g. convnextpose_XS,rootnet")
     parser.add_argument("--notebooks", help=f"folder holding the notebooks (default: {DEFAULT_NOTEBOOK_DIR})")
     args = parser.parse_args(argv)
@@ -265,15 +288,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {notebook_dir} does not hold the notebooks ({CONSOLIDATE_NOTEBOOK} is missing); "
               "pass --notebooks DIR", file=sys.stderr)
         return 2
+    out_dir = Path(args.out) if args.out else environment.default_output_dir()
+    out_dir = out_dir.resolve()
     try:
         plan = load_plan(args.plan)
+        if args.model_file:
+            own = [run for f in args.model_file
+                   for run in family_runs(f, out_dir / RUNS_SUBDIR / "notebooks", plan.defaults)]
+            source = ", ".join(args.model_file) if args.plan is None else f"{plan.source} + {', '.join(args.model_file)}"
+            plan = Plan(([] if args.plan is None else plan.runs) + own, source, plan.defaults, plan.demo_defaults)
         only = [s.strip() for s in args.only.split(",") if s.strip()] if args.only else None
         runs = select_runs(plan, only)
     except PlanError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    out_dir = Path(args.out) if args.out else environment.default_output_dir()
-    out_dir = out_dir.resolve()
+    except (ValueError, OSError, SyntaxError, ImportError) as exc:  # a family file that cannot be loaded
+        print(f"error: --model-file: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
     print(f"batch: {len(runs)} run(s) from {plan.source} -> {out_dir}")
     found, note = real_data_found()
     print(f"batch: {note}", flush=True)
@@ -289,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     succeeded = [r for r in records if r.status == "ok"]
     # consolidate reads every result.json in the folder: say which ones this batch did not write
     written = {r.result_json for r in succeeded}
-    earlier = sorted(str(p) for p in out_dir.glob("*/result.json") if str(p) not in written)
+    earlier = sorted(str(p) for p in out_dir.glob(f"*/{RESULT_FILE}") if str(p) not in written)
     if succeeded and earlier:
         print(f"batch: note: the report also includes {len(earlier)} result(s) from earlier runs in {out_dir}: "
               + ", ".join(Path(p).parent.name for p in earlier), flush=True)

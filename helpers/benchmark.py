@@ -1,10 +1,10 @@
 """Throughput of the inference engine: a cold vs a warm crop cache end to end, the pipeline vs the forward pass
 alone, and (`--gpu-check`) what a CUDA machine does with every model.
 
-`python -m helpers.benchmark --model ID [ID ...] [--device auto|cpu|cuda] [--batch-size N] [--iters N]
+`python -m helpers benchmark --model ID [ID ...] [--device auto|cpu|cuda] [--batch-size N] [--iters N]
 [--repeats N] [--precision fp32|fp16|bf16] [--json FILE] [--data DIR] [--cache-dir DIR]`
 
-`python -m helpers.benchmark --gpu-check [--model ID ...] [--json FILE] [--data DIR] [--budget-s S]`
+`python -m helpers benchmark --gpu-check [--model ID ...] [--json FILE] [--data DIR] [--budget-s S]`
 
 Model ids may also be comma-separated (`--model convnextpose_XS,posenet`). For each model, on the first
 `iters x batch-size` test samples, one run measures:
@@ -243,7 +243,7 @@ def benchmark_model(model_id: str, test_set, paths: Sequence, *, device: str = "
     cache_root.mkdir(parents=True, exist_ok=True)
     cache_dir = Path(tempfile.mkdtemp(prefix=f"{model_id}-", dir=cache_root))  # empty: the first run is cold
     # One process on one device: the forward alone runs on GPU 0 only, so the pipeline must not spread either.
-    config = InferenceConfig(batch_size=batch_size, device=device_type, world_size=1, image_limit=images,
+    config = InferenceConfig(batch_size=batch_size, device=device_type, world_size=1, max_samples=images,
                              shard_size=images, out_dir=Path(out_root) / model_id, cache_dir=cache_dir,
                              resume=False, num_workers=num_workers, channels_last=channels_last,
                              precision=precision, cpu_threads=threads, progress=False)
@@ -494,7 +494,7 @@ def gpu_check_model(model_id: str, test_set, paths: Sequence, *, device, cache_d
 
     pipeline, checks = {}, {}
     for precision in precisions:
-        config = InferenceConfig(batch_size=batch, device=device.type, world_size=1, image_limit=n, shard_size=n,
+        config = InferenceConfig(batch_size=batch, device=device.type, world_size=1, max_samples=n, shard_size=n,
                                  out_dir=Path(out_dir) / f"{model_id}_{precision}", cache_dir=cache_dir,
                                  resume=False, num_workers=num_workers, channels_last=channels_last,
                                  precision=precision, precision_fallback=True, progress=False)
@@ -643,7 +643,7 @@ def _gpu_check_summary(report: dict) -> str:
 # ---------------------------------------------------------------- command line
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m helpers.benchmark", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m helpers benchmark", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", nargs="+", help="model ids, space- or comma-separated, e.g. convnextpose_XS "
                         "posenet (see helpers.models.list_models); --gpu-check: default every pose model and RootNet")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")

@@ -1,6 +1,6 @@
 """Merge every `result.json` under a results folder into one leaderboard, plots and `REPORT.md`.
 
-    python -m helpers.consolidate [RESULTS_DIR] [--out DIR]
+    python -m helpers consolidate [RESULTS_DIR] [--out DIR]
 
 RESULTS_DIR defaults to `environment.default_output_dir()`; the report goes to `RESULTS_DIR/report/`.
 Results are grouped by what their numbers mean (kind, protocol, box/root source): numbers are only ranked and
@@ -22,13 +22,11 @@ import pandas as pd
 
 from . import report
 from .atomic import write_json, write_text
-from .models.registry import MODEL_REGISTRY
+from .models.registry import FAMILIES, MODEL_REGISTRY
 from .protocol import ACTION_NAMES
 from .result_schema import validate_result
 
 SKIPPED_SUBDIRS = ("report", "runs")
-FAMILY_NAMES = {"convnextpose": "ConvNeXtPose", "posenet": "PoseNet", "rootnet": "RootNet",
-                "mobilehumanpose": "MobileHumanPose", "integral": "Integral Human Pose"}
 DEMO_TAG = " [random demo]"
 PARTIAL_TAG = " [partial]"
 HEADLINE_COLUMN = "headline (mm)"
@@ -116,7 +114,9 @@ def group_label(result: dict) -> str:
 
 def display_name(result: dict, fallback: str) -> str:
     model = result.get("model") or {}
-    family = FAMILY_NAMES.get(model.get("family"), model.get("family"))
+    # The family's display name: as the result recorded it, else the registry's, else the family id.
+    known = FAMILIES.get(model.get("family"))
+    family = model.get("family_display_name") or (known.display_name if known else model.get("family"))
     name = f"{family} {model['variant']}" if family and model.get("variant") else model.get("model_id") or fallback
     return name + (DEMO_TAG if report.is_random_demo(result) else "") + (PARTIAL_TAG if result["partial"] else "")
 
@@ -145,11 +145,27 @@ def precision_label(result: dict) -> str | None:
     return (f"{precision} (not official" + (f"; ≤{measured:.2f} mm vs fp32" if measured is not None else "") + ")")
 
 
+def _recorded_spec(model: dict, kind: str):
+    """A stand-in spec for a model the registry does not know (a family file of your own): the paper numbers
+    the result recorded, so it is graded like the built-in models. None when the result records none."""
+    from .models.spec import ModelSpec, PaperResult
+
+    paper = model.get("paper")
+    if not model.get("model_id") or not isinstance(paper, dict):
+        return None
+    try:
+        paper = PaperResult(**paper)
+    except TypeError:  # written by another version of the schema's paper block
+        return None
+    return ModelSpec(model_id=model["model_id"], family=str(model.get("family")), variant=str(model.get("variant")),
+                     builder="unknown:unknown", kind=kind, paper=paper)
+
+
 def _row(item: LoadedResult) -> dict:
     result = item.result
     metrics = result["metrics"]
     model = result.get("model") or {}
-    spec = MODEL_REGISTRY.get(model.get("model_id"))
+    spec = MODEL_REGISTRY.get(model.get("model_id")) or _recorded_spec(model, result["kind"])
     settings = result.get("settings") or {}
     conv = result["conventions"]
     headline_metric = result["headline"]["metric"]
@@ -499,7 +515,7 @@ def consolidate(results_dir, out_dir=None) -> Consolidated:
 def main(argv: list[str] | None = None) -> int:
     from .environment import default_output_dir
 
-    parser = argparse.ArgumentParser(prog="python -m helpers.consolidate", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m helpers consolidate", description=__doc__.split("\n\n")[0])
     parser.add_argument("results_dir", nargs="?", type=Path, default=None,
                         help="folder holding <model_id>/result.json (default: the environment's output folder)")
     parser.add_argument("--out", type=Path, default=None, help="report folder (default: RESULTS_DIR/report)")

@@ -56,7 +56,7 @@ from .images import ImageReadError, short_error  # noqa: F401  (ImageReadError i
 from .pipeline import flip_images, flip_test_merge, normalize
 from .protocol import EVAL_JOINTS
 
-PREDICTIONS_FILE = "predictions.npz"
+from .results import PREDICTIONS_FILE  # noqa: E402  (one home for output file names)
 SHARD_DIR = "shards"
 _FINGERPRINT_VERSION = 2
 
@@ -86,7 +86,7 @@ class InferenceConfig:
     world_size: int | None = None  # processes, one per device; None: number of CUDA GPUs, 1 on CPU
     num_workers: int = 2  # loader processes that decode and crop the JPEGs (cache misses only)
     decode: str = "cpu"  # "cpu" (exact) | "gpu" (nvjpeg on CUDA, checked against the CPU decoder and recorded)
-    image_limit: int | None = None  # run the first K samples only
+    max_samples: int | None = None  # run the first K samples only (benchmarks); RunParams.image_limit spreads them
     shard_size: int = 1024  # samples per shard file (a multiple of batch_size avoids short batches)
     out_dir: str | os.PathLike = "outputs/inference"
     cache_dir: str | os.PathLike | None = None  # crop cache; None: environment.default_cache_dir()
@@ -403,8 +403,7 @@ def _resolve_model(spec, checkpoint_or_model) -> tuple[torch.nn.Module, dict]:
         from .models import load_checkpoint
 
         model, info = load_checkpoint(checkpoint_or_model, spec.model_id)
-        info = info if isinstance(info, dict) else {"info": str(info)}
-        return model, info
+        return model, info.to_dict()
     raise TypeError(f"checkpoint_or_model must be a checkpoint path, a state dict, an nn.Module or None; got "
                     f"{type(checkpoint_or_model).__name__}")
 
@@ -453,10 +452,10 @@ def _check_inputs(spec, test_set, image_paths, config: InferenceConfig) -> int:
         raise ValueError(f"decode must be one of {', '.join(DECODERS)}; got {config.decode!r}")
     if config.num_workers < 0:
         raise ValueError(f"num_workers must be >= 0; got {config.num_workers}")
-    if config.image_limit is not None:
-        if int(config.image_limit) < 1:
-            raise ValueError(f"image_limit must be None or a positive number of samples; got {config.image_limit}")
-        n = min(n, int(config.image_limit))
+    if config.max_samples is not None:
+        if int(config.max_samples) < 1:
+            raise ValueError(f"max_samples must be None or a positive number of samples; got {config.max_samples}")
+        n = min(n, int(config.max_samples))
     bbox = np.asarray(test_set.bbox[:n], dtype=np.float64)
     if bbox.shape != (n, 4) or not np.isfinite(bbox).all() or (bbox[:, 2:] <= 0).any():
         raise ValueError("test_set.bbox must be finite (N, 4) [x, y, w, h] boxes with positive width and height")
@@ -591,7 +590,7 @@ def run_inference(model_spec, checkpoint_or_model, test_set, image_paths: Sequen
         "memory_kind": "cuda_max_allocated" if device_type == "cuda" else "rss",
         "settings": {"batch_size": int(config.batch_size), "batch_size_used": batch_used, "precision": precision,
                      "device": device_type, "world_size": world_size, "flip_test": flip_test,
-                     "image_limit": config.image_limit, "channels_last": bool(config.channels_last),
+                     "max_samples": config.max_samples, "channels_last": bool(config.channels_last),
                      "num_workers": int(config.num_workers), "shard_size": int(config.shard_size),
                      "decode": config.decode, "cpu_threads": cpu_threads, "seed": int(config.seed)},
         "precision_check": precision_check,

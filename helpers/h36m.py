@@ -92,6 +92,18 @@ def find_annotation_dir(root: str | os.PathLike) -> Path:
     return min(candidates)[3]
 
 
+
+def find_real_annotations(roots) -> tuple[Path, Path] | None:
+    """(root, annotation folder) of the first of `roots` that holds Human3.6M annotations; None when none does.
+
+    The one test of "is real data attached" (the runner's DEMO "auto" and the batch's demo settings)."""
+    for root in roots:
+        try:
+            return Path(root), find_annotation_dir(root)
+        except DataError:
+            continue
+    return None
+
 def _sequence_dirs(folder: Path) -> set[str]:
     try:
         with os.scandir(folder) as entries:

@@ -99,7 +99,7 @@ def model_notebook(family) -> nbformat.NotebookNode:
     cells = [
         md(f"# {text.title}\n\n{text.intro}\n\n{_variant_table(family)}\n\n"
            "Every step below is one call into `helpers.runner`. Change the parameters cell (or pass them with "
-           "papermill, see `python -m helpers.batch`) and run all cells. With no real data under the input roots "
+           "papermill, see `python -m helpers batch`) and run all cells. With no real data under the input roots "
            "the notebook runs on a generated demo set with **random demo weights**; its numbers are meaningless and "
            "every table says so."),
         parameters,
@@ -183,7 +183,7 @@ def consolidate_notebook() -> nbformat.NotebookNode:
     setup = SETUP.replace("from helpers import runner, widgets\n", "")
     return _notebook([
         md("# Leaderboard: every model result in one report\n\nReads every `result.json` under the results folder "
-           "(what the model notebooks and `python -m helpers.batch` write), validates it, and writes "
+           "(what the model notebooks and `python -m helpers batch` write), validates it, and writes "
            "`REPORT.md`, `leaderboard.csv`, `summary.json` and the plots. Numbers are ranked only within one group "
            "(kind, protocol, box and root source); results from random demo weights are marked."),
         parameters,

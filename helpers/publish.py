@@ -1,6 +1,6 @@
 """Stage the benchmark outputs as a Kaggle dataset folder and upload it with the `kaggle` CLI.
 
-    python -m helpers.publish [--results DIR] [--runs DIR] [--stage DIR] [--owner OWNER] [--slug SLUG]
+    python -m helpers publish [--results DIR] [--runs DIR] [--stage DIR] [--owner OWNER] [--slug SLUG]
                               [--title T] [--license CC-BY-SA-4.0] [--create | --version] [--message MSG]
                               [--max-file-mb 50] [--dry-run]
 
@@ -26,6 +26,7 @@ from pathlib import Path
 from .atomic import write_json
 from .consolidate import FILE_NAMES as REPORT_FILE_NAMES
 from .report import MODEL_PLOT_FILE_NAMES, is_random_demo
+from .results import RESULT_FILE
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS_TEMPLATE = REPO_ROOT / "kaggle_datasets" / "results" / "dataset-metadata.template.json"
@@ -231,7 +232,7 @@ def stage(results_dir, stage_dir, runs_dir=None, *, owner=None, slug=None, title
         raise PublishError(f"the stage folder {stage_dir} and the results folder {results_dir} must not contain "
                            "each other (a consolidation would read the staged copies); choose another --stage")
     _prepare_stage_dir(stage_dir)
-    results = [p for p in _walk(results_dir) if p.name == "result.json"]
+    results = [p for p in _walk(results_dir) if p.name == RESULT_FILE]
     if not results:
         raise PublishError(f"no result.json under {results_dir}: nothing to publish")
     metadata = build_metadata(resolve_owner(owner), slug, title, license_name,
@@ -308,7 +309,7 @@ def _credential_env() -> dict | None:
 def main(argv: list[str] | None = None) -> int:
     from .environment import default_cache_dir, default_output_dir
 
-    parser = argparse.ArgumentParser(prog="python -m helpers.publish", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m helpers publish", description=__doc__.split("\n\n")[0])
     parser.add_argument("--results", type=Path, default=None, help="results folder (default: the output folder)")
     parser.add_argument("--runs", type=Path, default=None, help="executed notebooks (default: RESULTS/runs)")
     parser.add_argument("--stage", type=Path, default=None,

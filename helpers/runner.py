@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from . import environment as env
-from .h36m import DataError, find_ids
+from .h36m import DataError, find_ids, find_real_annotations
 from .results import BBOX_ROOT_FILE, RESULT_FILE
 
 DEMO_FRAMES = 1  # sampled frames per demo sequence: 239 test samples, small enough for a CPU
@@ -392,10 +392,13 @@ class Run:
         return pd.DataFrame(list(rows.items()), columns=["item", "value"]).set_index("item")
 
     def _extra_blocks(self) -> dict:
+        from .models.registry import get_family
+
         spec = self.spec
         info = self.checkpoint_info
         model_block = {
             "model_id": spec.model_id, "family": spec.family, "variant": spec.variant,
+            "family_display_name": get_family(spec.family).display_name,
             "num_params": info.get("num_params") or spec.num_params,
             "num_params_incl_buffers": spec.num_params_incl_buffers, "gmacs": spec.gmacs,
             "input_shape": list(spec.input_shape), "output_shape": list(spec.output_shape),
@@ -596,17 +599,6 @@ def environment_table() -> pd.DataFrame:
 
 
 # ----------------------------------------------------------------------------------------------- prepare
-def _find_real_annotations(roots: list[Path]) -> tuple[Path, Path] | None:
-    from .h36m import find_annotation_dir
-
-    for root in roots:
-        try:
-            return root, find_annotation_dir(root)
-        except DataError:
-            continue
-    return None
-
-
 def _resolve_data(params: RunParams, cache_dir: Path, demo: bool) -> tuple[Path, Path, str | None]:
     """(data root, annotation folder, default bbox_root file of the data) for this run."""
     from .h36m import find_annotation_dir
@@ -625,7 +617,7 @@ def _resolve_data(params: RunParams, cache_dir: Path, demo: bool) -> tuple[Path,
         except DataError as exc:
             raise DataError(f"DATA_ROOT {root}: {exc}") from None
     roots = env.default_input_roots()
-    found = _find_real_annotations(roots)
+    found = find_real_annotations(roots)
     if found is None:
         searched = ", ".join(str(r) for r in roots) or "none exists (no /kaggle/input, no <repo>/data)"
         raise DataError(f"no Human3.6M annotations (Human36M_subject*_data.json) under the input roots: {searched}; "
@@ -707,7 +699,7 @@ def prepare(params: RunParams) -> Run:
     cache_dir = Path(params.cache_dir).expanduser() if params.cache_dir else env.default_cache_dir()
     notes: list[str] = []
     if params.demo == "auto" and params.data_root is None and params.checkpoint is None:
-        demo = _find_real_annotations(env.default_input_roots()) is None
+        demo = find_real_annotations(env.default_input_roots()) is None
         if demo:
             notes.append("no real data under the input roots: DEMO mode (generated data, random demo weights)")
     else:

@@ -89,7 +89,7 @@ def test_network_input_is_the_normalised_crop_of_the_box(dataset, tmp_path):
             seen.append(x.detach().clone())
             return torch.zeros(x.shape[0], 18, 3)
 
-    run_inference(POSE_SPEC, Probe(), test_set, paths, _config(tmp_path, image_limit=3, channels_last=False))
+    run_inference(POSE_SPEC, Probe(), test_set, paths, _config(tmp_path, max_samples=3, channels_last=False))
     x = seen[0]
     assert x.shape == (6, 3, 32, 32)  # one forward of 2B: the batch, then its mirror
     assert torch.equal(x[3:], torch.flip(x[:3], dims=(-1,)))
@@ -180,20 +180,20 @@ def test_model_output_that_does_not_fit_the_spec_is_a_clear_error(dataset, tmp_p
     test_set, paths = dataset
     seventeen_joints = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 17 * 3), nn.Unflatten(1, (17, 3)))
     with pytest.raises(ValueError, match="spec expects"):
-        run_inference(POSE_SPEC, seventeen_joints, test_set, paths, _config(tmp_path, image_limit=3))
+        run_inference(POSE_SPEC, seventeen_joints, test_set, paths, _config(tmp_path, max_samples=3))
     assert not (tmp_path / "predictions.npz").exists()
 
 
-def test_image_limit_runs_only_the_first_samples(dataset, tmp_path):
+def test_max_samples_runs_only_the_first_samples(dataset, tmp_path):
     test_set, paths = dataset
     full = run_inference(POSE_SPEC, tiny_pose_model(), test_set, paths, _config(tmp_path / "full"))
-    limited = run_inference(POSE_SPEC, tiny_pose_model(), test_set, paths, _config(tmp_path / "lim", image_limit=9))
+    limited = run_inference(POSE_SPEC, tiny_pose_model(), test_set, paths, _config(tmp_path / "lim", max_samples=9))
     assert limited["num_samples"] == 9 and limited["timing"]["images"] == 9
     assert np.array_equal(limited["predictions"]["image_id"], test_set.image_id[:9])
     # Batches start at shard starts, so the first 9 samples were computed in the very same batches.
     assert np.array_equal(limited["predictions"]["coords"], full["predictions"]["coords"][:9])
-    with pytest.raises(ValueError, match="image_limit"):
-        run_inference(POSE_SPEC, tiny_pose_model(), test_set, paths, _config(tmp_path / "x", image_limit=0))
+    with pytest.raises(ValueError, match="max_samples"):
+        run_inference(POSE_SPEC, tiny_pose_model(), test_set, paths, _config(tmp_path / "x", max_samples=0))
 
 
 class SymmetricCentroidModel(nn.Module):

@@ -10,7 +10,6 @@ it runs.
 """
 from __future__ import annotations
 
-import hashlib
 import importlib
 import importlib.util
 import sys
@@ -66,7 +65,16 @@ def load_family_file(path) -> Family:
     resolved = str(path.resolve())
     if resolved in _FAMILY_FILES:
         return FAMILIES[_FAMILY_FILES[resolved]]
-    module_name = f"helpers_model_file_{hashlib.sha256(resolved.encode()).hexdigest()[:12]}"
+    # Imported under its own name with its folder on sys.path, so that pickling (multi-GPU runs hand the model
+    # to spawned processes, which inherit sys.path) finds the classes it defines.
+    module_name = path.stem
+    if not module_name.isidentifier():
+        raise UnknownModelError(f"MODEL_FILE {path}: the file name must be a Python module name (letters, digits, "
+                                "underscores), e.g. my_family.py")
+    taken = sys.modules.get(module_name)
+    if taken is not None and getattr(taken, "__file__", None) != resolved:
+        raise UnknownModelError(f"MODEL_FILE {path}: a module named {module_name!r} is already imported "
+                                f"({getattr(taken, '__file__', 'built in')}); rename your family file")
     module_spec = importlib.util.spec_from_file_location(module_name, resolved)
     module = importlib.util.module_from_spec(module_spec)
     sys.modules[module_name] = module  # dataclasses and pickling look classes up by module name
@@ -75,6 +83,8 @@ def load_family_file(path) -> Family:
     except BaseException:
         del sys.modules[module_name]
         raise
+    if str(path.resolve().parent) not in sys.path:
+        sys.path.append(str(path.resolve().parent))
     family = getattr(module, "FAMILY", None)
     if family is None:
         raise UnknownModelError(f"{path} defines no FAMILY = Family(...)")
