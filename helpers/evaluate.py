@@ -13,12 +13,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
+import pandas as pd  # noqa: F401  (PerSample.frame)
 
 from . import metrics
 from .geometry import DEPTH_EXTENT_MM, heatmap_to_camera
 from .h36m import ImageCheck, TestSet, find_ids
-from .protocol import (ACTION_NAMES, EVAL_JOINT_NAMES, EVAL_JOINTS, METRIC_LABELS, NUM_JOINTS, POSE_METRICS,
+from .protocol import (ACTION_NAMES, EVAL_JOINT_NAMES, EVAL_JOINTS, NUM_JOINTS,
                        ROOT_JOINT, THORAX, conventions_for, get_protocol)
 
 SCHEMA_VERSION = 1
@@ -460,43 +460,8 @@ def evaluate_predictions(test_set: TestSet, predictions, **kwargs):
 
 
 # ---------------------------------------------------------------------------------------------
-# tables and CLI
+# CLI alias
 # ---------------------------------------------------------------------------------------------
-
-def metrics_frame(result: dict) -> pd.DataFrame:
-    """The metrics of a result as a table: rows total, action mean, the actions, the subjects (mm)."""
-    if result["kind"] == "root":
-        block = result["metrics"]["mrpe"]
-        rows = {"total": block["total"], **block["per_action"], **block["per_subject"]}
-        df = pd.DataFrame({"MRPE": pd.Series(rows)})
-        df.loc["total", ["x", "y", "z"]] = [block["x"], block["y"], block["z"]]
-        return df
-    columns = {}
-    for name in POSE_METRICS:
-        block = result["metrics"][name]
-        columns[METRIC_LABELS[name]] = pd.Series({"total": block["total"], "action mean": block["action_mean"],
-                                                  **block["per_action"], **block["per_subject"]})
-    return pd.DataFrame(columns)
-
-
-def format_table(result: dict) -> str:
-    """A readable summary: what was evaluated, then total, action mean, per action and per subject (mm)."""
-    conv = result["conventions"]
-    lines = [
-        f"Human3.6M protocol {conv['protocol']} ({result['kind']}): {result['num_samples']} of "
-        f"{result['num_expected']} samples, boxes {conv['bbox_source']}, roots {conv['root_source']}, "
-        f"flip test {conv['flip_test'] if conv['flip_test'] is not None else 'unknown'}",
-        f"headline {result['headline']['metric']} = {result['headline']['value']:.2f} mm",
-    ]
-    if result.get("partial"):
-        lines.append(f"PARTIAL: {result['missing']['count']} test samples have no prediction")
-    if result.get("skipped_images"):
-        lines.append(f"SKIPPED: {result['skipped_images']['count']} test images were missing")
-    if (result.get("weights") or {}).get("kind") == "random_demo":
-        lines.append("RANDOM DEMO WEIGHTS: these numbers say nothing about the model")
-    lines.append(metrics_frame(result).to_string(float_format=lambda v: f"{v:.2f}", na_rep=""))
-    return "\n".join(lines)
-
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m helpers.evaluate` is an alias of `python -m helpers rescore` (helpers.results)."""

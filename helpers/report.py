@@ -183,26 +183,26 @@ def _ordered_actions(per_action: dict) -> list[str]:
     return [a for a in ACTION_NAMES if a in per_action]
 
 
-def per_action_frame(result: dict) -> pd.DataFrame:
-    """Rows: the actions present (official order), then "action mean" and "total". Columns: metrics in mm.
+def per_action_frame(result: dict, subjects: bool = False) -> pd.DataFrame:
+    """Rows: the actions present (official order), then "action mean" and "total" (and with `subjects`, one row
+    per test subject). Columns: metrics in mm.
 
     Root results have one column, MRPE; its action mean is computed here (unweighted mean of the per-action
     values) because the schema stores none for MRPE.
     """
     metrics = result["metrics"]
+    present = [k for k in POSE_METRIC_LABELS if k in metrics] if result["kind"] == "pose" else ["mrpe"]
+    actions = _ordered_actions(metrics[present[0]]["per_action"])
+    frame = pd.DataFrame({METRIC_LABELS[k]: [metrics[k]["per_action"][a] for a in actions] for k in present},
+                         index=actions)
     if result["kind"] == "root":
-        mrpe = metrics["mrpe"]
-        actions = _ordered_actions(mrpe["per_action"])
-        frame = pd.DataFrame({"MRPE": [mrpe["per_action"][a] for a in actions]}, index=actions)
-        frame.loc[ACTION_MEAN_ROW] = frame["MRPE"].mean()
-        frame.loc[TOTAL_ROW] = mrpe["total"]
+        frame.loc[ACTION_MEAN_ROW] = frame[METRIC_LABELS["mrpe"]].mean()
     else:
-        present = [k for k in POSE_METRIC_LABELS if k in metrics]
-        actions = _ordered_actions(metrics[present[0]]["per_action"])
-        frame = pd.DataFrame({POSE_METRIC_LABELS[k]: [metrics[k]["per_action"][a] for a in actions] for k in present},
-                             index=actions)
         frame.loc[ACTION_MEAN_ROW] = [metrics[k]["action_mean"] for k in present]
-        frame.loc[TOTAL_ROW] = [metrics[k]["total"] for k in present]
+    frame.loc[TOTAL_ROW] = [metrics[k]["total"] for k in present]
+    if subjects:
+        for subject in metrics[present[0]]["per_subject"]:
+            frame.loc[subject] = [metrics[k]["per_subject"][subject] for k in present]
     frame.index.name = "action"
     return _mark_table(frame.astype(float), result)
 
@@ -219,6 +219,29 @@ def per_joint_frame(result: dict) -> pd.DataFrame:
     frame = pd.DataFrame(columns, index=list(EVAL_JOINT_NAMES))
     frame.index.name = "joint"
     return _mark_table(frame.astype(float), result)
+
+
+def format_table(result: dict) -> str:
+    """A readable summary: what was evaluated, then per action, action mean, total and per subject (mm)."""
+    conv = result["conventions"]
+    lines = [
+        f"Human3.6M protocol {conv['protocol']} ({result['kind']}): {result['num_samples']} of "
+        f"{result['num_expected']} samples, boxes {conv['bbox_source']}, roots {conv['root_source']}, "
+        f"flip test {conv['flip_test'] if conv['flip_test'] is not None else 'unknown'}",
+        f"headline {result['headline']['metric']} = {result['headline']['value']:.2f} mm",
+    ]
+    if result.get("partial"):
+        lines.append(f"PARTIAL: {result['missing']['count']} test samples have no prediction")
+    if result.get("skipped_images"):
+        lines.append(f"SKIPPED: {result['skipped_images']['count']} test images were missing")
+    if is_random_demo(result):
+        lines.append("RANDOM DEMO WEIGHTS: these numbers say nothing about the model")
+    frame = per_action_frame(result, subjects=True)
+    if result["kind"] == "root":
+        mrpe = result["metrics"]["mrpe"]
+        lines.append(f"MRPE x {mrpe['x']:.2f}, y {mrpe['y']:.2f}, z {mrpe['z']:.2f} mm")
+    lines.append(frame.to_string(float_format=lambda v: f"{v:.2f}", na_rep=""))
+    return "\n".join(lines)
 
 
 # -------------------------------------------------------------------------------------------------- plots

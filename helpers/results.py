@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import save_npz, write_json
-from .evaluate import PerSample, PredictionError, evaluate_predictions, format_table, load_predictions
+from .evaluate import PerSample, PredictionError, evaluate_predictions, load_predictions
+from .report import format_table
 from .h36m import DataError, load_test_set
 from .result_schema import validate_result
 

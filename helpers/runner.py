@@ -441,7 +441,7 @@ class Run:
             flip_test=bool(self.inference["settings"]["flip_test"]), extra=self._extra_blocks(), image_check=check,
             depth_extent_mm=self.spec.depth_extent_mm, protocol_note=self.spec.protocol_note or None)
         self.evaluation_s = time.perf_counter() - start
-        print(evaluation.format_table(self.result).split("\n", 1)[0])
+        print(report.format_table(self.result).split("\n", 1)[0])
         if self.result.get("official_summary"):
             print(self.result["official_summary"])
         return report.per_action_frame(self.result)

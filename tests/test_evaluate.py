@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from helpers import evaluate as ev
-from helpers import h36m
+from helpers import h36m, report
 from helpers.result_schema import validate_result
 
 REPO = Path(__file__).resolve().parents[1]
@@ -251,7 +251,7 @@ def test_evaluate_roots_against_fixture_roots(test_sets, per_sample):
     assert result["metrics"]["mrpe"]["per_action"]["Directions"] == pytest.approx(
         np.linalg.norm(diff[directions], axis=1).mean(), abs=1e-2)
     assert result["headline"]["metric"] == "mrpe" and set(result["metrics"]["mrpe"]["per_subject"]) == {"S9", "S11"}
-    assert "MRPE" in ev.format_table(result)
+    assert "MRPE" in report.format_table(result)
     with pytest.raises(ev.PredictionError, match="root_cam has shape"):
         ev.evaluate_roots(ts, ts.image_id, ts.root_cam[:, :2])
 
@@ -261,7 +261,7 @@ def test_extra_blocks_and_table(golden_pred, test_sets):
              "timing": {"inference_s": 1.5, "images": 1065, "images_per_s": 710.0}}
     result = ev.evaluate(test_sets["gt_info_true"], golden_pred, extra=extra)
     assert result["weights"]["kind"] == "random_demo"
-    table = ev.format_table(result)
+    table = report.format_table(result)
     assert "RANDOM DEMO WEIGHTS" in table and "action mean" in table and "S11" in table
     with pytest.raises(ValueError, match="must not replace computed result keys"):
         ev.evaluate(test_sets["gt_info_true"], golden_pred, extra={"metrics": {}})
