@@ -60,11 +60,13 @@ from .engine import (InferenceConfig, _is_oom, _memory_now_mb, _resolve_device, 
 from .images import decode_rgb, read_image
 from .pipeline import crop_images
 from .protocol import PROTOCOLS
+from .models.registry import get_family
 
 # CPU kernels, cuDNN autotuning and the caching allocators need a few passes before a forward reaches its speed.
 WARMUP_FORWARDS = 3
 PROTOCOL2_IMAGES = PROTOCOLS[2].expected_test_images  # 8,695
-CONVNEXTPOSE_IDS = ("convnextpose_XS", "convnextpose_S", "convnextpose_M", "convnextpose_L")
+# The two-GPU projection covers the four ConvNeXtPose variants, in the family file's order.
+CONVNEXTPOSE_IDS = tuple(spec.model_id for spec in get_family("convnextpose").models)
 GPU_CHECK_IMAGES = 384  # a multiple of every default batch size (128, 64, 32): whole batches only
 GPU_CHECK_ITERS = 3
 GPU_CHECK_BUDGET_S = 270.0
