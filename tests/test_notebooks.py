@@ -80,6 +80,21 @@ def test_model_notebook_defaults_name_a_registry_model(name):
     assert "runner.prepare(" in _read(name).cells[PREPARE_CELL].source
 
 
+@pytest.mark.parametrize("name", MODEL_NOTEBOOKS)
+def test_parameters_cell_and_prepare_call_are_both_the_runparams_fields(name):
+    """One source for each notebook parameter: RunParams' fields, in order, written into both cells."""
+    import dataclasses
+
+    fields = [f.name for f in dataclasses.fields(runner.RunParams)]
+    nb = _read(name)
+    params = _parameters_cells(nb)[0]
+    assigned = [t.id for node in ast.parse(params.source).body if isinstance(node, ast.Assign) for t in node.targets]
+    assert assigned == [f.upper() for f in fields]
+    call = next(node for node in ast.walk(ast.parse(nb.cells[PREPARE_CELL].source))
+                if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "RunParams")
+    assert [(k.arg, k.value.id) for k in call.keywords] == [(f, f.upper()) for f in fields]
+
+
 # ----------------------------------------------------------------------------------------------- execute
 @pytest.fixture(scope="module")
 def kernel_env():
