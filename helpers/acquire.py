@@ -22,7 +22,6 @@ import json
 import os
 import re
 import shutil
-import stat
 import tempfile
 import urllib.error
 import urllib.parse
@@ -32,8 +31,8 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from . import environment
-from .models.checkpoint import (DRIVE_QUOTA_PHRASES, CheckpointError, check_torch_zip, file_sha256, format_problem,
-                                html_page_problem, open_tar, sniff_bytes)
+from .models.checkpoint_file import (DRIVE_QUOTA_PHRASES, CheckpointError, CheckpointFormatError,
+                                     check_checkpoint_file, file_sha256, html_page_problem)
 from .models.registry import MODEL_REGISTRY, CheckpointSource, get_spec
 
 
@@ -44,7 +43,6 @@ class AcquireError(Exception):
 _DRIVE_ID = re.compile(r"^[A-Za-z0-9_-]{25,}$")
 _CHECKPOINT_SUFFIXES = (".tar", ".pth", ".pt", ".ckpt", ".bin", ".zip")
 _HTTP_CHUNK = 1 << 20
-_MIN_SIZE_FRACTION = 0.5  # a download under half the registry's approximate size is truncated
 _SEARCH_MAX_DEPTH = 6
 
 
@@ -86,54 +84,25 @@ def _quota_error(file_name: str, drive_id: str | None, detail: str) -> AcquireEr
 # --------------------------------------------------------------------------------------------------
 def verify_checkpoint_file(path, *, expected_size: int | None = None, sha256: str | None = None,
                            approx_size_mb: float | None = None, drive_id: str | None = None) -> Path:
-    """Check that `path` is a plausible checkpoint: not empty, not HTML, sane zip/tar, right size/sha256."""
+    """Check that `path` is a plausible checkpoint: not empty, not HTML, sane zip/tar, right size/sha256.
+
+    The checks are `helpers.models.checkpoint_file.check_checkpoint_file`, the ones `load_checkpoint` runs; an
+    empty file or an HTML page gets download advice here (the Kaggle mirror, Drive's quota)."""
     path = Path(path)
-    if path.is_dir():
-        if not (path / "data.pkl").is_file():
-            raise AcquireError(f"{path} is a folder without data.pkl: not an extracted torch checkpoint")
-        if sha256 and file_sha256(path) != sha256.lower():
-            raise AcquireError(f"{path}: sha256 of the extracted folder does not match {sha256}")
-        return path
-    if not path.exists():
-        raise AcquireError(f"checkpoint path does not exist: {path}")
-    mode = path.stat().st_mode
-    if not stat.S_ISREG(mode):  # a FIFO would block the read below; a device would never end
-        raise AcquireError(f"{path} is not a regular file ({'a FIFO' if stat.S_ISFIFO(mode) else 'a device or socket'}); "
-                           "pass the checkpoint file itself.")
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(4096)
-    fmt = sniff_bytes(head, path)
-    if fmt == "empty":
-        raise AcquireError(f"{path} is empty (0 bytes): the download failed; try again.")
-    if fmt == "html":
-        text = head.decode("utf-8", "replace").lower()
-        if any(p in text for p in DRIVE_QUOTA_PHRASES):
-            raise _quota_error(path.name, drive_id, f"an HTML quota page was served instead of {path.name}")
-        raise AcquireError(f"{path}: {html_page_problem(head)}. Check the link or Drive id (the file must be shared "
+    try:
+        check_checkpoint_file(path, expected_size=expected_size, approx_size_mb=approx_size_mb, sha256=sha256)
+    except CheckpointFormatError as e:
+        if e.format == "empty":
+            raise AcquireError(f"{path} is empty (0 bytes): the download failed; try again.") from None
+        if e.format != "html":
+            raise AcquireError(str(e)) from None
+        if any(p in e.head.decode("utf-8", "replace").lower() for p in DRIVE_QUOTA_PHRASES):
+            raise _quota_error(path.name, drive_id, f"an HTML quota page was served instead of {path.name}") from None
+        raise AcquireError(f"{path}: {html_page_problem(e.head)}. Check the link or Drive id (the file must be shared "
                            "publicly), or mirror it to a Kaggle dataset.\n"
-                           + kaggle_mirror_instructions(path.name, drive_id))
-    if expected_size is not None and size != expected_size:
-        raise AcquireError(f"{path} has {size:,} bytes, expected exactly {expected_size:,}: truncated or a different "
-                           "file. Delete it and download again.")
-    if approx_size_mb and size < _MIN_SIZE_FRACTION * approx_size_mb * 1e6:
-        raise AcquireError(f"{path} has {size / 1e6:.1f} MB but the released file is about {approx_size_mb} MB: "
-                           "the download is truncated. Try again.")
-    if fmt == "torch-zip":
-        try:
-            check_torch_zip(path, str(path))
-        except CheckpointError as e:
-            raise AcquireError(str(e)) from None
-    elif fmt == "tar":
-        try:  # header by header: bombs, links, devices and unsafe names are refused without extracting anything
-            tf, _members = open_tar(path, str(path))
-            tf.close()
-        except CheckpointError as e:
-            raise AcquireError(str(e)) from None
-    elif fmt != "torch-legacy":
-        raise AcquireError(str(format_problem(fmt, head, str(path))))
-    if sha256 and file_sha256(path) != sha256.lower():
-        raise AcquireError(f"{path}: sha256 mismatch (expected {sha256}); the file is corrupt or a different version.")
+                           + kaggle_mirror_instructions(path.name, drive_id)) from None
+    except CheckpointError as e:
+        raise AcquireError(str(e)) from None
     return path
 
 

@@ -1,18 +1,17 @@
 """Random-initialised checkpoints in the official on-disk layouts, for demos and tests without downloads.
 
-`python -m helpers.demo_checkpoints OUT_DIR [--models ID ...] [--seed N]`
+`python -m helpers demo-checkpoints OUT_DIR [--models ID ...] [--seed N] [--model-file FILE]`
 
 Every file is what the official training code writes (`torch.save` zip of `{'epoch', 'network',
 'optimizer'}` with DataParallel `module.` keys), plus a `demo_note` entry that marks the weights as
-random so reports can say so loudly. ConvNeXtPose files are named `ConvNeXtPose_<V>.tar` with the
-internal root folder `snapshot_<epoch>.pth/` like the released ones; M and L use the legacy
-`deconv_layers_N.0/.1/.2` head keys that some released files have.
+random so reports can say so loudly. A file is named like the family's first released file (else
+`snapshot_<epoch>.pth.tar`), with the internal root folder `snapshot_<epoch>.pth/`, and its keys are the
+official ones: each family's `official_keys` (the inverse of its key filter) writes them.
 """
 from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
 import tempfile
 import zlib
@@ -22,16 +21,12 @@ from pathlib import Path
 import torch
 
 from .atomic import write_text
-from .models.checkpoint import DEMO_MARKER_KEY, file_sha256
-from .models.registry import MODEL_REGISTRY, get_spec, list_models
+from .models.checkpoint import DEMO_MARKER_KEY
+from .models.checkpoint_file import file_sha256
+from .models.registry import MODEL_FILE_HELP, MODEL_REGISTRY, get_family, get_spec, list_models, load_model_files
 
 DEMO_EPOCH = 0  # never trained
 DEMO_NOTE = "random-initialised weights written by helpers.demo_checkpoints; NOT trained, results are meaningless"
-LEGACY_HEAD_VARIANTS = ("M", "L")
-_CANONICAL_HEAD = re.compile(r"^(head\.deconv_layers_\d+)\.(dwconv|norm|pwconv)\.(.+)$")
-_LEGACY_INDEX = {"dwconv": "0", "norm": "1", "pwconv": "2"}
-
-
 def demo_file_name(model_id: str) -> str:
     """The released file name where one is known (e.g. `ConvNeXtPose_L.tar`), else `snapshot_<epoch>.pth.tar`."""
     spec = get_spec(model_id)
@@ -39,15 +34,13 @@ def demo_file_name(model_id: str) -> str:
 
 
 def _official_network(model_id: str, model: torch.nn.Module) -> "OrderedDict[str, torch.Tensor]":
+    """The model's state dict in the family's official layout, with DataParallel `module.` keys."""
     spec = get_spec(model_id)
-    legacy = spec.family == "convnextpose" and spec.variant in LEGACY_HEAD_VARIANTS
-    out: OrderedDict[str, torch.Tensor] = OrderedDict()
-    for key, value in model.state_dict().items():
-        m = _CANONICAL_HEAD.match(key) if legacy else None
-        if m:
-            key = f"{m.group(1)}.{_LEGACY_INDEX[m.group(2)]}.{m.group(3)}"
-        out[f"module.{key}"] = value.detach().clone()
-    return out
+    official_keys = get_family(spec.family).official_keys
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    if official_keys is not None:
+        state = official_keys(spec, state)
+    return OrderedDict((f"module.{key}", value) for key, value in state.items())
 
 
 def _random_model(model_id: str, seed: int) -> torch.nn.Module:
@@ -95,14 +88,14 @@ def _write_readme(out_dir: Path, written: dict[str, Path], seed: int) -> None:
                      for m, p in written.items())
     write_text(out_dir / "DEMO_CHECKPOINTS.md", f"""# Demo checkpoints: RANDOM WEIGHTS
 
-These files hold **random-initialised weights** (seed {seed}), written by `python -m helpers.demo_checkpoints`.
+These files hold **random-initialised weights** (seed {seed}), written by `python -m helpers demo-checkpoints`.
 They are **not trained**: any accuracy computed with them is meaningless. They exist to exercise the
 loading and inference pipeline without downloading the released checkpoints.
 
 Layout: the official one, a `torch.save` zip of `{{'epoch': {DEMO_EPOCH}, 'network', 'optimizer'}}` with
 `module.` keys and an extra `{DEMO_MARKER_KEY}` entry that makes `load_checkpoint` report them as random.
-ConvNeXtPose files are named like the released ones and use the internal root folder
-`snapshot_{DEMO_EPOCH}.pth/`; M and L use the legacy `deconv_layers_N.0/.1/.2` head keys.
+Files are named like the released ones, use the internal root folder `snapshot_{DEMO_EPOCH}.pth/` and the
+official key names of each family (older layouts included, where the released files have them).
 
 | model id | file | sha256 (first 16) |
 |---|---|---|
@@ -111,10 +104,12 @@ ConvNeXtPose files are named like the released ones and use the internal root fo
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m helpers.demo_checkpoints", description=__doc__.splitlines()[0])
+    load_model_files(argv)
+    parser = argparse.ArgumentParser(prog="python -m helpers demo-checkpoints", description=__doc__.splitlines()[0])
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--models", nargs="+", choices=list_models(), help="model ids (default: all)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--model-file", action="append", default=[], metavar="FILE", help=MODEL_FILE_HELP)
     args = parser.parse_args(argv)
     written = write_demo_checkpoints(args.out_dir, args.models, args.seed)
     for model_id, path in written.items():

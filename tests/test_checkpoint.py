@@ -20,8 +20,8 @@ from helpers.__main__ import main as cli_main
 from helpers.demo_checkpoints import DEMO_NOTE, write_demo_checkpoints
 from helpers.demo_checkpoints import main as demo_main
 from helpers.models import list_models, load_checkpoint
-from helpers.models.checkpoint import (CheckpointError, detect_model, model_shapes, read_state_dict,
-                                       sniff_format)
+from helpers.models.checkpoint import CheckpointError, detect_model, model_shapes, read_state_dict
+from helpers.models.checkpoint_file import sniff_format
 
 SMALL = ["convnextpose_XS", "convnextpose_S", "convnextpose_M", "mobilehumanpose_lpski"]
 

@@ -24,7 +24,8 @@ import torch
 from helpers.__main__ import main as cli_main
 from helpers.acquire import AcquireError, acquire_checkpoint
 from helpers.models import build_model
-from helpers.models.checkpoint import CheckpointError, load_checkpoint, read_state_dict, sniff_format
+from helpers.models.checkpoint import CheckpointError, load_checkpoint, read_state_dict
+from helpers.models.checkpoint_file import sniff_format
 
 SMALL_MODEL = "convnextpose_XS"
 

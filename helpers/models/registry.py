@@ -20,7 +20,7 @@ from .spec import CheckpointSource, Family, ModelSpec, NotebookText, PaperResult
 
 __all__ = ["BUILTIN_FAMILY_MODULES", "FAMILIES", "MODEL_REGISTRY", "CheckpointSource", "Family", "ModelSpec",
            "NotebookText", "PaperResult", "UnknownModelError", "build_model", "clean_family_keys", "family_files",
-           "get_family", "get_spec", "list_models", "load_family_file", "register_family", "resolve_model_id"]
+           "get_family", "get_spec", "list_models", "load_family_file", "load_model_files", "register_family", "resolve_model_id"]
 
 BUILTIN_FAMILY_MODULES = ("convnextpose", "posenet", "rootnet", "mobilehumanpose", "integral")
 
@@ -91,6 +91,20 @@ def load_family_file(path) -> Family:
     family = register_family(_with_source(family, resolved))
     _FAMILY_FILES[resolved] = family.name
     return family
+
+
+MODEL_FILE_HELP = "a family file of your own (README: \"Benchmark your own model\"), so its models are known; repeatable"
+
+
+def load_model_files(argv: list[str] | None) -> list[Family]:
+    """Load the `--model-file FILE` options of a command line before its parser is built (its model-id
+    choices must include those families)."""
+    import argparse
+
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--model-file", action="append", default=[])
+    known, _ = pre.parse_known_args(argv)
+    return [load_family_file(path) for path in known.model_file]
 
 
 def family_files() -> list[str]:
