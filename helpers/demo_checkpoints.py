@@ -27,6 +27,8 @@ from .models.registry import MODEL_FILE_HELP, MODEL_REGISTRY, get_family, get_sp
 
 DEMO_EPOCH = 0  # never trained
 DEMO_NOTE = "random-initialised weights written by helpers.demo_checkpoints; NOT trained, results are meaningless"
+
+
 def demo_file_name(model_id: str) -> str:
     """The released file name where one is known (e.g. `ConvNeXtPose_L.tar`), else `snapshot_<epoch>.pth.tar`."""
     spec = get_spec(model_id)
