@@ -20,8 +20,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from . import report
+from . import comparisons, report, stats
 from .atomic import write_json, write_text
+from .comparisons import PAIRWISE_COLUMNS, SNAPSHOT_COLUMNS
 from .models.registry import FAMILIES, MODEL_REGISTRY
 from .protocol import ACTION_NAMES
 from .result_schema import validate_result
@@ -31,7 +32,7 @@ DEMO_TAG = " [random demo]"
 PARTIAL_TAG = " [partial]"
 HEADLINE_COLUMN = "headline (mm)"
 LEADERBOARD_COLUMNS = (
-    "model", "model_id", "group", "metric", HEADLINE_COLUMN, "MPJPE (mm)", "PA rigid (mm)", "PA similarity (mm)",
+    "model", "model_id", "group", "metric", HEADLINE_COLUMN, "ci95_low", "ci95_high", "MPJPE (mm)", "PA rigid (mm)", "PA similarity (mm)",
     "action mean (mm)", "MRPE x (mm)", "MRPE y (mm)", "MRPE z (mm)", "paper (mm)", "Δ (mm)", "grade",
     "params (M)", "GFLOPs (MACs)", "images/s", "protocol", "bbox source", "root source", "flip test", "precision",
     "device", "batch size", "images evaluated", "images expected", "partial", "weights", "result",
@@ -39,7 +40,15 @@ LEADERBOARD_COLUMNS = (
 FILE_NAMES = {
     "report": "REPORT.md", "leaderboard": "leaderboard.csv", "summary": "summary.json",
     "headline_png": "headline_bars.png", "cost_png": "accuracy_vs_cost.png", "heatmap_png": "per_action_heatmap.png",
+    "pairwise": "pairwise.csv", "pairwise_png": "pairwise.png", "snapshots": "snapshots.csv",
+    "snapshots_png": "snapshots.png",
 }
+INTERVALS_EXPLAINED = (
+    "A 95 % interval says how much a number could move if the test set had been other recordings of the same "
+    "people and actions: it is the sampling uncertainty of the test set, so two models whose paired interval "
+    "includes 0 are not shown to differ on this data. It does not measure reproduction error (another training "
+    "run, checkpoint or software version can move a number by more), and it is not the range of the paper's "
+    "value.")
 
 
 @dataclass
@@ -56,6 +65,8 @@ class Consolidated:
     results: list[LoadedResult]
     problems: list[str]
     out_dir: Path
+    pairwise: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=list(PAIRWISE_COLUMNS)))
+    snapshots: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=list(SNAPSHOT_COLUMNS)))
     files: dict[str, Path] = field(default_factory=dict)
 
     @property
@@ -118,6 +129,8 @@ def display_name(result: dict, fallback: str) -> str:
     known = FAMILIES.get(model.get("family"))
     family = model.get("family_display_name") or (known.display_name if known else model.get("family"))
     name = f"{family} {model['variant']}" if family and model.get("variant") else model.get("model_id") or fallback
+    if result.get("snapshot"):  # one epoch of a sweep (helpers.sweep)
+        name += f" @ epoch {result['snapshot'].get('epoch')}"
     return name + (DEMO_TAG if report.is_random_demo(result) else "") + (PARTIAL_TAG if result["partial"] else "")
 
 
@@ -178,6 +191,8 @@ def _row(item: LoadedResult) -> dict:
         "group": group_label(result),
         "metric": report.HEADLINE_LABELS[headline_metric],
         HEADLINE_COLUMN: float(result["headline"]["value"]),
+        "ci95_low": _number(((result.get("ci95") or {}).get("headline") or [None, None])[0]),
+        "ci95_high": _number(((result.get("ci95") or {}).get("headline") or [None, None])[1]),
         "paper (mm)": np.nan, "Δ (mm)": np.nan,
         "grade": "n/a: model not in the registry" if model.get("model_id") else "n/a: the result names no model",
         "params (M)": _number(num_params) / 1e6,
@@ -356,11 +371,11 @@ def markdown_table(frame: pd.DataFrame) -> str:
     return "\n".join([header, rule, *body])
 
 
-REPORT_TABLE_COLUMNS = ("model", "model_id", HEADLINE_COLUMN, "MPJPE (mm)", "PA rigid (mm)", "PA similarity (mm)",
+REPORT_TABLE_COLUMNS = ("model", "model_id", HEADLINE_COLUMN, "ci95_low", "ci95_high", "MPJPE (mm)", "PA rigid (mm)", "PA similarity (mm)",
                         "action mean (mm)", "paper (mm)", "Δ (mm)", "grade", "params (M)", "GFLOPs (MACs)",
                         "images/s", "flip test", "precision", "device", "batch size", "images evaluated", "partial",
                         "weights")
-ROOT_TABLE_COLUMNS = ("model", "model_id", HEADLINE_COLUMN, "MRPE x (mm)", "MRPE y (mm)", "MRPE z (mm)",
+ROOT_TABLE_COLUMNS = ("model", "model_id", HEADLINE_COLUMN, "ci95_low", "ci95_high", "MRPE x (mm)", "MRPE y (mm)", "MRPE z (mm)",
                       "action mean (mm)", "paper (mm)", "Δ (mm)", "grade", "params (M)", "images/s", "flip test",
                       "precision", "device", "batch size", "images evaluated", "partial", "weights")
 
@@ -450,16 +465,50 @@ def render_report(consolidated: Consolidated, results_dir: Path, plots: dict[str
                    if c != f"{metric} (mm)"]  # the headline column already is that metric
         lines += [f"### {group}", "", markdown_table(rows[columns].rename(
             columns={HEADLINE_COLUMN: f"{metric} (mm)"})), ""]
+    lines += _intervals_section(consolidated)
+    lines += _snapshots_section(consolidated)
     if plots:
         lines += ["## Plots", ""]
         titles = {"headline_png": "Headline metric with published values",
                   "cost_png": "Accuracy vs cost (GFLOPs as MACs, parameters, throughput)",
-                  "heatmap_png": "Per-action error"}
+                  "heatmap_png": "Per-action error", "pairwise_png": "Paired differences with 95 % intervals",
+                  "snapshots_png": "Error against epoch"}
         for key, file_name in plots.items():
             lines += [f"### {titles[key]}", "", f"![{titles[key]}]({file_name})", ""]
     lines += ["## Problems found", ""]
     lines += [f"- {p}" for p in consolidated.problems] if consolidated.problems else ["None."]
     return "\n".join(lines) + "\n"
+
+
+def _intervals_section(consolidated: Consolidated) -> list[str]:
+    lines = ["## Confidence intervals and paired comparisons", "", INTERVALS_EXPLAINED, "",
+             f"Method: {stats.METHOD}; {int(stats.LEVEL * 100)} % percentile intervals. `ci95_low`/`ci95_high` in "
+             "the leaderboard are the headline's interval; `pairwise.csv` compares every two models of a group on "
+             "the samples both evaluated, paired by image (delta = a − b; significant: the interval excludes 0).",
+             ""]
+    pairwise = consolidated.pairwise
+    if not len(pairwise):
+        return lines + ["No group holds two models with per-sample errors, so there is no paired comparison.", ""]
+    columns = ["model_a", "model_b", "n_common", "delta", "ci95_low", "ci95_high", "p_value", "significant", "note"]
+    for group in dict.fromkeys(pairwise["group"]):
+        rows = pairwise[pairwise["group"] == group][columns].copy()
+        rows["p_value"] = [f"{p:.2g}" for p in rows["p_value"]]  # small p-values need more than 2 decimals
+        lines += [f"### {group}", "", markdown_table(rows), ""]
+    if (pairwise["note"] != "").any():
+        lines += ["Rows with a note compare partial results on their common samples only.", ""]
+    return lines
+
+
+def _snapshots_section(consolidated: Consolidated) -> list[str]:
+    snapshots = consolidated.snapshots
+    if not len(snapshots):
+        return []
+    lines = ["## Snapshots of one training run", "", f"> **Selection bias.** {comparisons.SELECTION_BIAS_WARNING}", ""]
+    for run in dict.fromkeys(snapshots["run"]):
+        rows = snapshots[snapshots["run"] == run]
+        lines += [f"### {run}", "", markdown_table(rows[["epoch", "metric", "value", "ci95_low", "ci95_high",
+                                                          "best", "result"]]), ""]
+    return lines
 
 
 def _summary(consolidated: Consolidated, results_dir: Path) -> dict:
@@ -491,14 +540,22 @@ def consolidate(results_dir, out_dir=None) -> Consolidated:
     results, problems = load_results(results_dir)
     problems += convention_problems(results)
     leaderboard = build_leaderboard(results)
+    samples = {item.name: comparisons.sample_errors_of(item) for item in results}
+    pairwise, pair_problems = comparisons.pairwise_frame(leaderboard, samples)
     consolidated = Consolidated(leaderboard=leaderboard, per_action=build_per_action(results, leaderboard),
-                                results=results, problems=problems, out_dir=out_dir)
+                                results=results, problems=problems + pair_problems, out_dir=out_dir,
+                                pairwise=pairwise, snapshots=comparisons.snapshot_frame(results))
     plots: dict[str, str] = {}
     if results:
         any_demo = consolidated.any_random_demo
-        for key, fig in (("headline_png", plot_headline_bars(consolidated.leaderboard, any_demo)),
-                         ("cost_png", plot_accuracy_vs_cost(consolidated.leaderboard, any_demo)),
-                         ("heatmap_png", plot_per_action_heatmap(consolidated.per_action, any_demo))):
+        figures = [("headline_png", lambda: plot_headline_bars(consolidated.leaderboard, any_demo)),
+                   ("cost_png", lambda: plot_accuracy_vs_cost(consolidated.leaderboard, any_demo)),
+                   ("heatmap_png", lambda: plot_per_action_heatmap(consolidated.per_action, any_demo)),
+                   ("pairwise_png", lambda: comparisons.plot_pairwise(consolidated.pairwise, any_demo))]
+        if len(consolidated.snapshots):
+            figures.append(("snapshots_png", lambda: comparisons.plot_snapshots(consolidated.snapshots, any_demo)))
+        for key, draw in figures:
+            fig = draw()
             try:
                 consolidated.files[key] = report.save_figure(fig, out_dir / FILE_NAMES[key])
             finally:
@@ -506,6 +563,11 @@ def consolidate(results_dir, out_dir=None) -> Consolidated:
             plots[key] = FILE_NAMES[key]
     consolidated.files["leaderboard"] = write_text(out_dir / FILE_NAMES["leaderboard"],
                                                    consolidated.leaderboard.to_csv(index=False, float_format="%.4f"))
+    consolidated.files["pairwise"] = write_text(out_dir / FILE_NAMES["pairwise"],
+                                                consolidated.pairwise.to_csv(index=False, float_format="%.6g"))
+    if len(consolidated.snapshots):
+        consolidated.files["snapshots"] = write_text(out_dir / FILE_NAMES["snapshots"],
+                                                     consolidated.snapshots.to_csv(index=False, float_format="%.4f"))
     consolidated.files["summary"] = write_json(out_dir / FILE_NAMES["summary"], _summary(consolidated, results_dir))
     consolidated.files["report"] = write_text(out_dir / FILE_NAMES["report"],
                                               render_report(consolidated, results_dir, plots))

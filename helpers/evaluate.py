@@ -291,6 +291,7 @@ class PerSample:
     subject: np.ndarray  # (N,)
     action_index: np.ndarray  # (N,) index into ACTION_NAMES
     subaction: np.ndarray  # (N,) the recording within (subject, action)
+    camera: np.ndarray  # (N,) camera index
     errors: dict
     pred_cam: np.ndarray | None = None  # pose: (N, 18, 3) camera mm; root: (N, 3) predicted root, camera mm
     pred_rel: np.ndarray | None = None  # pose: (N, 17, 3) root-relative prediction
@@ -303,14 +304,16 @@ class PerSample:
     def frame(self) -> pd.DataFrame:
         """One row per sample: ids, action and the error of each metric (mm)."""
         df = pd.DataFrame({"image_id": self.image_id, "subject": self.subject,
-                           "action": [ACTION_NAMES[i] for i in self.action_index], "subaction": self.subaction})
+                           "action": [ACTION_NAMES[i] for i in self.action_index], "subaction": self.subaction,
+                           "camera": self.camera})
         for name, err in self.sample_errors().items():
             df[name] = err
         return df
 
 
 def _per_sample(ts: TestSet, errors: dict, **arrays) -> PerSample:
-    return PerSample(ts.image_id.astype(np.int64), ts.subject, ts.action_index, ts.subaction_idx, errors, **arrays)
+    return PerSample(ts.image_id.astype(np.int64), ts.subject, ts.action_index, ts.subaction_idx, ts.cam_idx, errors,
+                     **arrays)
 
 
 def _depth_extent(pred: dict, depth_extent_mm: float | None) -> float:
@@ -450,13 +453,27 @@ def evaluate_roots(test_set: TestSet, image_id, root_cam_pred=None, *, allow_par
 
 def evaluate_predictions(test_set: TestSet, predictions, **kwargs):
     """Evaluate pose or root predictions (a dict or a `predictions.npz`, told apart by their arrays):
-    returns (result, PerSample). Pose keywords (`depth_extent_mm`, `protocol_note`) are ignored for roots."""
+    returns (result with its `ci95` block, PerSample). Pose keywords (`depth_extent_mm`, `protocol_note`) are
+    ignored for roots."""
     pred = load_predictions(predictions) if isinstance(predictions, (str, os.PathLike)) else \
         validate_predictions(predictions)
     if pred["kind"] == "root":
         kwargs = {k: v for k, v in kwargs.items() if k not in ("depth_extent_mm", "protocol_note")}
-        return evaluate_roots(test_set, pred, return_per_sample=True, **kwargs)
-    return evaluate(test_set, pred, return_per_sample=True, **kwargs)
+        result, per_sample = evaluate_roots(test_set, pred, return_per_sample=True, **kwargs)
+    else:
+        result, per_sample = evaluate(test_set, pred, return_per_sample=True, **kwargs)
+    result["ci95"] = confidence_block(result, per_sample)
+    return result, per_sample
+
+
+def confidence_block(result: dict, per_sample: PerSample) -> dict:
+    """The `ci95` block: the recording-bootstrap interval of every metric's total and per-action mean
+    (helpers.stats), and the headline's."""
+    from .stats import result_intervals
+
+    block = result_intervals(per_sample)
+    block["headline"] = block["metrics"][result["headline"]["metric"]]["total"]
+    return block
 
 
 # ---------------------------------------------------------------------------------------------

@@ -37,6 +37,8 @@ _ROOT_METRIC = {
                    "per_action": _PER_ACTION, "per_subject": _PER_SUBJECT},
 }
 
+_INTERVAL = {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2}
+
 RESULT_SCHEMA: dict = {
     "$schema": "http://json-schema.org/draft-07/schema#",
     "title": "Human3.6M benchmark result (schema_version 1)",
@@ -118,6 +120,13 @@ RESULT_SCHEMA: dict = {
                        "properties": {"key": {"type": "string"}, "hits": {"type": "integer", "minimum": 0},
                                       "misses": {"type": "integer", "minimum": 0}}},
         "decode_check": {"type": ["object", "null"]},
+        "ci95": {"type": "object", "required": ["level", "method", "resamples", "seed", "metrics", "headline"],
+                 "properties": {"level": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
+                                "resamples": {"type": "integer", "minimum": 1}, "seed": {"type": "integer"},
+                                "headline": _INTERVAL, "metrics": {"type": "object"}}},
+        "snapshot": {"type": "object", "required": ["run", "epoch", "file"],
+                     "properties": {"run": {"type": "string"}, "epoch": {"type": ["integer", "null"]},
+                                    "file": {"type": "string"}}},
         "per_sample_errors": {"type": "object", "required": ["file", "metrics"],
                               "properties": {"file": {"type": "string"},
                                              "metrics": {"type": "array", "items": {"type": "string"}}}},

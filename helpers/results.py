@@ -8,8 +8,10 @@ re-evaluates a saved predictions file (pose or root) without rerunning a model, 
 
 Files of one model's output folder (`<output_dir>/<model_id>/`): `RESULT_FILE`, `PREDICTIONS_FILE`,
 `PER_SAMPLE_FILE`, and for root models `BBOX_ROOT_FILE` (what the pose notebooks accept as BBOX_ROOT).
-The per-sample file holds `image_id`, `subject`, `action_index`, `subaction` and one (N,) float64 array of
-per-sample errors in mm per metric (pose metrics: the mean over the 17 evaluated joints), in test-set order.
+The per-sample file holds, in test-set order, `image_id`, `subject`, `action_index`, `subaction`, `camera`,
+`metrics`, and per metric `error_<metric>` (N,) float64, the per-sample error in mm (pose metrics: the mean over
+the 17 evaluated joints, what the official total averages), and for pose metrics `joint_error_<metric>`
+(N, 17) float32, the per-joint errors.
 """
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ RESULT_FILE = "result.json"
 PREDICTIONS_FILE = "predictions.npz"
 PER_SAMPLE_FILE = "per_sample_errors.npz"
 BBOX_ROOT_FILE = "bbox_root_human36m_output.json"
-_PER_SAMPLE_KEYS = ("image_id", "subject", "action_index", "subaction")
+_PER_SAMPLE_KEYS = ("image_id", "subject", "action_index", "subaction", "camera")
 
 
 def per_sample_path(result_path: str | Path) -> Path:
@@ -48,12 +50,15 @@ def save_per_sample(path: str | Path, per_sample: PerSample) -> Path:
     arrays = {key: np.asarray(getattr(per_sample, key)) for key in _PER_SAMPLE_KEYS}
     arrays["image_id"] = arrays["image_id"].astype(np.int64)
     arrays.update({f"error_{name}": np.asarray(err, dtype=np.float64) for name, err in errors.items()})
+    arrays.update({f"joint_error_{name}": np.asarray(err, dtype=np.float32)
+                   for name, err in per_sample.errors.items() if np.ndim(err) == 2})
     arrays["metrics"] = np.array(list(errors))
     return save_npz(path, **arrays)
 
 
 def load_per_sample(path: str | Path) -> dict:
-    """Read a per-sample errors file: {image_id, subject, action_index, subaction, errors: {metric: (N,)}}."""
+    """Read a per-sample errors file: {image_id, subject, action_index, subaction, camera, errors: {metric: (N,)},
+    joint_errors: {metric: (N, 17)}}."""
     path = Path(path)
     try:
         with np.load(path, allow_pickle=False) as npz:
@@ -65,6 +70,7 @@ def load_per_sample(path: str | Path) -> dict:
         raise PredictionError(f"per-sample errors file {path} lacks {', '.join(missing)}")
     out = {k: raw[k] for k in _PER_SAMPLE_KEYS}
     out["errors"] = {str(m): raw[f"error_{m}"] for m in raw["metrics"]}
+    out["joint_errors"] = {str(m): raw[f"joint_error_{m}"] for m in raw["metrics"] if f"joint_error_{m}" in raw}
     return out
 
 

@@ -116,8 +116,8 @@ class RunParams:
     variant: str | None = _param(None, "{variants}")
     model_file: str | None = _param(None, "a family file of your own (README: \"Benchmark your own model\"); "
                                           "MODEL then names its family")
-    checkpoint: str | None = _param(None, "path, URL or Google Drive id; None: search the inputs, then the "
-                                          "registry's download")
+    checkpoint: str | None = _param(None, "path, URL or Google Drive id, or a folder or glob of snapshots (one "
+                                          "result per epoch); None: search the inputs, then the registry's download")
     data_root: str | None = _param(None, "folder holding the Human3.6M annotations and images; None: search the "
                                          "input roots")
     protocol: int = _param(2, "2: train S1,5,6,7,8 / test S9,S11, MPJPE; 1: test S11, PA-MPJPE (rigid)")
@@ -272,6 +272,7 @@ class Run:
     per_sample: object | None = None
     evaluation_s: float | None = None
     files: dict[str, Path] = field(default_factory=dict)
+    snapshot: dict | None = None  # {run, epoch, file} when this run is one snapshot of a sweep (helpers.sweep)
 
     # -------------------------------------------------------------------------------- facts
     @property
@@ -373,10 +374,26 @@ class Run:
                 "box_rule": ("process_bbox: clip, pad to the aspect ratio, x1.25" if self.test_set.bbox_source ==
                              "ground_truth" else "the bbox_root file's processed boxes, as they are")}
 
+    def ensure_model(self) -> None:
+        """Load this run's checkpoint strictly if it is not loaded yet (a sweep loads its snapshots in turn)."""
+        if self.model is not None:
+            return
+        from .models import load_checkpoint
+
+        self.model, info = load_checkpoint(self.checkpoint_path, model_id=self.spec.model_id)
+        self.checkpoint_info = info.to_dict()
+        if info.is_random_demo:
+            self.weights_kind = "random_demo"
+        if self.snapshot is not None:
+            self.snapshot["stored_epoch"] = info.epoch
+            if self.snapshot.get("epoch") is None:
+                self.snapshot["epoch"] = info.epoch
+
     def infer(self) -> pd.DataFrame:
         """Run the model on the selected samples; writes `<output_dir>/predictions.npz`."""
         from .engine import run_inference
 
+        self.ensure_model()
         self.inference = run_inference(self.spec, self.model, self.eval_set, self.image_paths,
                                        self.inference_config())
         inference = self.inference
@@ -424,6 +441,8 @@ class Run:
         for key in ("precision_check", "crop_cache", "decode_check"):  # what the engine measured
             if inference.get(key) is not None:
                 blocks[key] = inference[key]
+        if self.snapshot is not None:
+            blocks["snapshot"] = dict(self.snapshot)
         return blocks
 
     def evaluate(self) -> pd.DataFrame:
@@ -689,10 +708,17 @@ def _resolve_checkpoint(params: RunParams, spec, cache_dir: Path, demo: bool, da
     return path, source, _weights_kind(params.checkpoint, path, spec)
 
 
-def prepare(params: RunParams) -> Run:
-    """Check everything a run needs, before any inference; raise a clear error on the first problem."""
+def prepare(params: RunParams):
+    """Check everything a run needs, before any inference; raise a clear error on the first problem.
+
+    Returns a `Run`; when CHECKPOINT names several snapshots (a folder or a glob), a `sweep.Sweep` of them."""
     from .h36m import check_images, load_test_set
     from .models import get_spec, load_checkpoint
+    from .sweep import prepare_sweep, snapshot_files
+
+    snapshots = snapshot_files(params.checkpoint)
+    if snapshots is not None:
+        return prepare_sweep(params, snapshots)
 
     started = time.perf_counter()
     spec = get_spec(params.model_id)

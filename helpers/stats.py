@@ -16,6 +16,7 @@ product: (resamples x recordings) @ (recordings x statistics).
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,8 +41,23 @@ def recording_codes(subject, action_index, subaction) -> tuple[np.ndarray, int]:
 
 
 def resample_counts(n_groups: int, resamples: int = RESAMPLES, seed: int | np.random.Generator = SEED) -> np.ndarray:
-    """(resamples, n_groups) float64: how often each group is drawn in each resample (each row sums to n_groups)."""
-    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    """(resamples, n_groups) float64: how often each group is drawn in each resample (each row sums to n_groups).
+
+    With an integer seed the draws depend only on (n_groups, resamples, seed) and are computed once (read-only):
+    every comparison over the same recordings uses the same resamples."""
+    if isinstance(seed, np.random.Generator):
+        return _draw_counts(n_groups, resamples, seed)
+    return _cached_counts(int(n_groups), int(resamples), int(seed))
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_counts(n_groups: int, resamples: int, seed: int) -> np.ndarray:
+    counts = _draw_counts(n_groups, resamples, np.random.default_rng(seed))
+    counts.setflags(write=False)
+    return counts
+
+
+def _draw_counts(n_groups: int, resamples: int, rng: np.random.Generator) -> np.ndarray:
     draws = rng.integers(0, n_groups, size=(resamples, n_groups))
     rows = np.repeat(np.arange(resamples) * n_groups, n_groups)
     return np.bincount(rows + draws.reshape(-1), minlength=resamples * n_groups).reshape(resamples, n_groups) \

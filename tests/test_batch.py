@@ -127,6 +127,15 @@ def test_batch_decodes_each_image_once_per_crop_rule_and_a_warm_rerun_decodes_no
         return {r["run_id"]: json.loads(Path(r["result_json"]).read_text()) for r in summary["runs"]}
 
     cold = run(tmp_path / "cold")
+    # The demo report shows the intervals and the paired comparison of the two models, with its plot.
+    import pandas as pd
+
+    leaderboard = pd.read_csv(tmp_path / "cold" / "report" / "leaderboard.csv")
+    assert {"ci95_low", "ci95_high"} <= set(leaderboard.columns) and leaderboard["ci95_low"].notna().all()
+    pairwise = pd.read_csv(tmp_path / "cold" / "report" / "pairwise.csv")
+    assert len(pairwise) == 1 and pairwise["n_common"].iloc[0] == 4
+    assert (tmp_path / "cold" / "report" / "pairwise.png").is_file()
+    assert "Confidence intervals and paired comparisons" in (tmp_path / "cold" / "report" / "REPORT.md").read_text()
     # Both models crop 256x256 from the same boxes: one rule, so only the first run decodes.
     assert [cold[k]["timing"]["images_decoded"] for k in cold] == [4, 0]
     assert cold["convnextpose_XS"]["crop_cache"]["key"] == cold["mobilehumanpose_lpski"]["crop_cache"]["key"]
