@@ -186,15 +186,20 @@ def _expected_model_id(parameters: dict) -> str | None:
 
 
 def _fresh_result(out_dir: Path, model_id: str | None, since: float) -> Path | None:
-    """`<out>/<model_id>/result.json` when this run wrote it (modified after `since`)."""
+    """`<out>/<model_id>/result.json` when this run wrote it (modified after `since`); for a snapshot sweep, the
+    sweep's table `<out>/<model_id>/snapshots.csv` (each epoch's result.json is under `snapshots/`)."""
+    from .sweep import SWEEP_CSV
+
     if model_id is None:
         return None
-    path = out_dir / model_id / RESULT_FILE
-    return path if path.is_file() and path.stat().st_mtime >= since else None
+    for path in (out_dir / model_id / RESULT_FILE, out_dir / model_id / SWEEP_CSV):
+        if path.is_file() and path.stat().st_mtime >= since:
+            return path
+    return None
 
 
 def run_plan(runs: list[PlannedRun], out_dir: Path, notebook_dir: Path = DEFAULT_NOTEBOOK_DIR,
-             image_limit: int | None = None) -> list[RunRecord]:
+             image_limit: int | None = None, checkpoint: str | None = None) -> list[RunRecord]:
     """Execute `runs` one after another; a failing run is recorded and the next one starts."""
     _kernel_environment()
     out_dir = Path(out_dir).resolve()
@@ -205,6 +210,8 @@ def run_plan(runs: list[PlannedRun], out_dir: Path, notebook_dir: Path = DEFAULT
         params = {**run.parameters, "OUTPUT_DIR": str(out_dir)}
         if image_limit is not None:
             params["IMAGE_LIMIT"] = int(image_limit)
+        if checkpoint is not None:
+            params["CHECKPOINT"] = str(checkpoint)
         print(f"[{i}/{len(runs)}] {run.run_id}: {run.notebook} {params}", flush=True)
         model_id = _expected_model_id(params)
         since = time.time() - 1.0  # file-system timestamps may be coarser than the clock
@@ -274,6 +281,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-file", action="append", default=[], metavar="FILE",
                         help="a family file of your own (README: \"Benchmark your own model\"): adds one run per model "
                              "of that family; without --plan only those runs (repeatable)")
+    parser.add_argument("--checkpoint", metavar="PATH|GLOB",
+                        help="CHECKPOINT of every run: a file, URL or Drive id, or a folder or glob of snapshots "
+                             "(one result per epoch); use with --only or --model-file")
     parser.add_argument("--only", help="comma-separated run ids of the plan, e.g. convnextpose_XS,rootnet")
     parser.add_argument("--notebooks", help=f"folder holding the notebooks (default: {DEFAULT_NOTEBOOK_DIR})")
     args = parser.parse_args(argv)
@@ -316,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
 
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
-    records = run_plan(runs, out_dir, notebook_dir, image_limit=args.image_limit)
+    records = run_plan(runs, out_dir, notebook_dir, image_limit=args.image_limit, checkpoint=args.checkpoint)
     succeeded = [r for r in records if r.status == "ok"]
     # consolidate reads every result.json in the folder: say which ones this batch did not write
     written = {r.result_json for r in succeeded}

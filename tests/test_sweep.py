@@ -85,3 +85,27 @@ def test_the_report_lists_the_epochs_marks_the_best_and_warns(sweep_outputs):
     assert "snapshots.png" in text
     models = consolidated.leaderboard["model"].tolist()
     assert all(f"@ epoch {e}" in " ".join(models) for e in EPOCHS)
+
+
+def test_batch_runs_a_sweep_through_the_notebook(tmp_path, tmp_path_factory, snapshots, monkeypatch):
+    """`python -m helpers batch --only convnextpose_XS --checkpoint FOLDER`: the notebook runs the sweep."""
+    import os
+
+    from helpers import batch
+
+    cache = tmp_path_factory.getbasetemp() / "demo-cache"  # shared with the runner tests
+    data = runner.ensure_demo_data(cache)
+    for key in ("H36M_BATCH", "PYTHONPATH", "MPLBACKEND"):
+        monkeypatch.setenv(key, os.environ.get(key, ""))
+    monkeypatch.setattr(environment, "default_input_roots", lambda *a, **k: [])
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(f"defaults: {{DATA_ROOT: '{data}', CACHE_DIR: '{cache}', BATCH_SIZE: 4, IMAGE_LIMIT: 6}}\n"
+                    "runs:\n  - {id: convnextpose_XS, notebook: convnextpose.ipynb, "
+                    "parameters: {MODEL: convnextpose, VARIANT: XS}}\n")
+    out = tmp_path / "out"
+    assert batch.main(["--plan", str(plan), "--out", str(out), "--checkpoint", str(snapshots / "snapshot_1*")]) == 0
+    summary = json.loads((out / "batch_summary.json").read_text())
+    assert summary["runs"][0]["status"] == "ok" and summary["runs"][0]["result_json"].endswith("snapshots.csv")
+    assert summary["runs"][0]["parameters"]["CHECKPOINT"] == str(snapshots / "snapshot_1*")
+    frame = pd.read_csv(out / "report" / "snapshots.csv")
+    assert list(frame["epoch"]) == [10, 15]
