@@ -40,9 +40,9 @@ LEADERBOARD_COLUMNS = (
 FILE_NAMES = {
     "report": "REPORT.md", "leaderboard": "leaderboard.csv", "summary": "summary.json",
     "headline_png": "headline_bars.png", "cost_png": "accuracy_vs_cost.png", "heatmap_png": "per_action_heatmap.png",
-    "pairwise": "pairwise.csv", "pairwise_png": "pairwise.png", "snapshots": "snapshots.csv",
-    "snapshots_png": "snapshots.png",
+    "pairwise": "pairwise.csv", "pairwise_png": "pairwise.png",
 }
+SNAPSHOT_FILE_NAMES = {"snapshots": "snapshots.csv", "snapshots_png": "snapshots.png"}  # only with a sweep
 INTERVALS_EXPLAINED = (
     "A 95 % interval says how much a number could move if the test set had been other recordings of the same "
     "people and actions: it is the sampling uncertainty of the test set, so two models whose paired interval "
@@ -556,17 +556,18 @@ def consolidate(results_dir, out_dir=None) -> Consolidated:
             figures.append(("snapshots_png", lambda: comparisons.plot_snapshots(consolidated.snapshots, any_demo)))
         for key, draw in figures:
             fig = draw()
+            name = {**FILE_NAMES, **SNAPSHOT_FILE_NAMES}[key]
             try:
-                consolidated.files[key] = report.save_figure(fig, out_dir / FILE_NAMES[key])
+                consolidated.files[key] = report.save_figure(fig, out_dir / name)
             finally:
                 plt.close(fig)
-            plots[key] = FILE_NAMES[key]
+            plots[key] = name
     consolidated.files["leaderboard"] = write_text(out_dir / FILE_NAMES["leaderboard"],
                                                    consolidated.leaderboard.to_csv(index=False, float_format="%.4f"))
     consolidated.files["pairwise"] = write_text(out_dir / FILE_NAMES["pairwise"],
                                                 consolidated.pairwise.to_csv(index=False, float_format="%.6g"))
     if len(consolidated.snapshots):
-        consolidated.files["snapshots"] = write_text(out_dir / FILE_NAMES["snapshots"],
+        consolidated.files["snapshots"] = write_text(out_dir / SNAPSHOT_FILE_NAMES["snapshots"],
                                                      consolidated.snapshots.to_csv(index=False, float_format="%.4f"))
     consolidated.files["summary"] = write_json(out_dir / FILE_NAMES["summary"], _summary(consolidated, results_dir))
     consolidated.files["report"] = write_text(out_dir / FILE_NAMES["report"],

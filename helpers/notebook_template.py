@@ -171,7 +171,7 @@ consolidated.leaderboard'''
 SHOW_PLOTS = '''\
 from IPython.display import Image, display
 
-for key in ("headline_png", "cost_png", "heatmap_png"):
+for key in ("headline_png", "cost_png", "heatmap_png", "pairwise_png", "snapshots_png"):
     if key in consolidated.files:
         display(Image(filename=str(consolidated.files[key])))'''
 
@@ -184,14 +184,20 @@ def consolidate_notebook() -> nbformat.NotebookNode:
     return _notebook([
         md("# Leaderboard: every model result in one report\n\nReads every `result.json` under the results folder "
            "(what the model notebooks and `python -m helpers batch` write), validates it, and writes "
-           "`REPORT.md`, `leaderboard.csv`, `summary.json` and the plots. Numbers are ranked only within one group "
-           "(kind, protocol, box and root source); results from random demo weights are marked."),
+           "`REPORT.md`, `leaderboard.csv` (with each headline's 95 % interval), `pairwise.csv` (every two models "
+           "of a group compared on the images both evaluated), `summary.json` and the plots. Numbers are ranked "
+           "only within one group (kind, protocol, box and root source); results from random demo weights are "
+           "marked."),
         parameters,
         code(setup),
         md("## Leaderboard"),
         code(CONSOLIDATE),
         md("## Per-action headline errors (mm)"),
         code("consolidated.per_action"),
+        md("## Paired comparisons\nDelta = a − b (mm) on the common images, with its 95 % interval from a bootstrap "
+           "over recordings; `significant` when the interval excludes 0. The interval is the sampling uncertainty "
+           "of the test set, not reproduction error."),
+        code("consolidated.pairwise"),
         md("## Plots"),
         code(SHOW_PLOTS),
         md("## Files written"),

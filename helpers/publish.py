@@ -25,6 +25,7 @@ from pathlib import Path
 
 from .atomic import write_json
 from .consolidate import FILE_NAMES as REPORT_FILE_NAMES
+from .consolidate import SNAPSHOT_FILE_NAMES
 from .report import MODEL_PLOT_FILE_NAMES, is_random_demo
 from .results import RESULT_FILE
 
@@ -51,7 +52,7 @@ NOTEBOOK_SUFFIX = ".ipynb"
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 # Plots this project writes that hold numbers only; any other image may show Human3.6M frames.
 REPORT_PLOT_NAMES = frozenset(MODEL_PLOT_FILE_NAMES) | frozenset(
-    name for name in REPORT_FILE_NAMES.values() if name.endswith(".png"))
+    name for name in (*REPORT_FILE_NAMES.values(), *SNAPSHOT_FILE_NAMES.values()) if name.endswith(".png"))
 
 
 class PublishError(ValueError):
