@@ -277,7 +277,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plan", help="YAML plan (default: helpers/plans/default.yaml)")
     parser.add_argument("--out", help="output folder (default: environment.default_output_dir())")
     parser.add_argument("--image-limit", type=int,
-                        help="IMAGE_LIMIT of every run: N test images spread evenly over its test set (partial results)")
+                        help="IMAGE_LIMIT of every run: N test images spread evenly over its test set "
+                             "(partial results)")
     parser.add_argument("--model-file", action="append", default=[], metavar="FILE",
                         help="a family file of your own (README: \"Benchmark your own model\"): adds one run per model "
                              "of that family; without --plan only those runs (repeatable)")
@@ -305,7 +306,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.model_file:
             own = [run for f in args.model_file
                    for run in family_runs(f, out_dir / RUNS_SUBDIR / "notebooks", plan.defaults)]
-            source = ", ".join(args.model_file) if args.plan is None else f"{plan.source} + {', '.join(args.model_file)}"
+            files = ", ".join(args.model_file)
+            source = files if args.plan is None else f"{plan.source} + {files}"
             plan = Plan(([] if args.plan is None else plan.runs) + own, source, plan.defaults, plan.demo_defaults)
         only = [s.strip() for s in args.only.split(",") if s.strip()] if args.only else None
         runs = select_runs(plan, only)

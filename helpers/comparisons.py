@@ -126,8 +126,9 @@ def snapshot_frame(results) -> pd.DataFrame:
         if not snapshot:
             continue
         interval = (item.result.get("ci95") or {}).get("headline") or [np.nan, np.nan]
+        metric = report.HEADLINE_LABELS[item.result["headline"]["metric"]]
         rows.append({"run": snapshot["run"], "model_id": (item.result.get("model") or {}).get("model_id"),
-                     "epoch": snapshot.get("epoch"), "metric": report.HEADLINE_LABELS[item.result["headline"]["metric"]],
+                     "epoch": snapshot.get("epoch"), "metric": metric,
                      "value": float(item.result["headline"]["value"]), "ci95_low": float(interval[0]),
                      "ci95_high": float(interval[1]), "best": False, "result": item.name})
     frame = pd.DataFrame(rows, columns=list(SNAPSHOT_COLUMNS))

@@ -32,7 +32,8 @@ DEMO_TAG = " [random demo]"
 PARTIAL_TAG = " [partial]"
 HEADLINE_COLUMN = "headline (mm)"
 LEADERBOARD_COLUMNS = (
-    "model", "model_id", "group", "metric", HEADLINE_COLUMN, "ci95_low", "ci95_high", "MPJPE (mm)", "PA rigid (mm)", "PA similarity (mm)",
+    "model", "model_id", "group", "metric", HEADLINE_COLUMN, "ci95_low", "ci95_high", "MPJPE (mm)", "PA rigid (mm)",
+    "PA similarity (mm)",
     "action mean (mm)", "MRPE x (mm)", "MRPE y (mm)", "MRPE z (mm)", "paper (mm)", "Δ (mm)", "grade",
     "params (M)", "GFLOPs (MACs)", "images/s", "protocol", "bbox source", "root source", "flip test", "precision",
     "device", "batch size", "images evaluated", "images expected", "partial", "weights", "result",
@@ -182,6 +183,7 @@ def _row(item: LoadedResult) -> dict:
     settings = result.get("settings") or {}
     conv = result["conventions"]
     headline_metric = result["headline"]["metric"]
+    interval = (result.get("ci95") or {}).get("headline") or [None, None]  # results before #9 have none
     # architecture facts the result does not carry come from the registry (exact counts per model id)
     num_params = model.get("num_params") or (spec.num_params if spec else None)
     gmacs = model.get("gmacs") or (spec.gmacs if spec else None)
@@ -191,8 +193,7 @@ def _row(item: LoadedResult) -> dict:
         "group": group_label(result),
         "metric": report.HEADLINE_LABELS[headline_metric],
         HEADLINE_COLUMN: float(result["headline"]["value"]),
-        "ci95_low": _number(((result.get("ci95") or {}).get("headline") or [None, None])[0]),
-        "ci95_high": _number(((result.get("ci95") or {}).get("headline") or [None, None])[1]),
+        "ci95_low": _number(interval[0]), "ci95_high": _number(interval[1]),
         "paper (mm)": np.nan, "Δ (mm)": np.nan,
         "grade": "n/a: model not in the registry" if model.get("model_id") else "n/a: the result names no model",
         "params (M)": _number(num_params) / 1e6,
@@ -371,11 +372,13 @@ def markdown_table(frame: pd.DataFrame) -> str:
     return "\n".join([header, rule, *body])
 
 
-REPORT_TABLE_COLUMNS = ("model", "model_id", HEADLINE_COLUMN, "ci95_low", "ci95_high", "MPJPE (mm)", "PA rigid (mm)", "PA similarity (mm)",
+REPORT_TABLE_COLUMNS = ("model", "model_id", HEADLINE_COLUMN, "ci95_low", "ci95_high", "MPJPE (mm)", "PA rigid (mm)",
+                        "PA similarity (mm)",
                         "action mean (mm)", "paper (mm)", "Δ (mm)", "grade", "params (M)", "GFLOPs (MACs)",
                         "images/s", "flip test", "precision", "device", "batch size", "images evaluated", "partial",
                         "weights")
-ROOT_TABLE_COLUMNS = ("model", "model_id", HEADLINE_COLUMN, "ci95_low", "ci95_high", "MRPE x (mm)", "MRPE y (mm)", "MRPE z (mm)",
+ROOT_TABLE_COLUMNS = ("model", "model_id", HEADLINE_COLUMN, "ci95_low", "ci95_high", "MRPE x (mm)", "MRPE y (mm)",
+                      "MRPE z (mm)",
                       "action mean (mm)", "paper (mm)", "Δ (mm)", "grade", "params (M)", "images/s", "flip test",
                       "precision", "device", "batch size", "images evaluated", "partial", "weights")
 

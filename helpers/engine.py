@@ -55,8 +55,8 @@ from .h36m import DataError
 from .images import ImageReadError, short_error  # noqa: F401  (ImageReadError is part of this API)
 from .pipeline import flip_images, flip_test_merge, normalize
 from .protocol import EVAL_JOINTS
+from .results import PREDICTIONS_FILE
 
-from .results import PREDICTIONS_FILE  # noqa: E402  (one home for output file names)
 SHARD_DIR = "shards"
 _FINGERPRINT_VERSION = 2
 

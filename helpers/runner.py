@@ -101,10 +101,10 @@ def _optional_path(value) -> str | None:
 CPU_DEFAULT_BATCH_SIZE = 16  # used on CPU when BATCH_SIZE is None
 
 
-def _param(default, help: str, notebook: str | None = None):
-    """A RunParams field: `help` is its comment in the notebooks' parameters cell; `notebook` is the default
-    written there when it differs from the field's (a family's own MODEL, VARIANT and FLIP_TEST)."""
-    return field(default=default, metadata={"help": help, "notebook": notebook})
+def _param(default, help: str):
+    """A RunParams field; `help` is its comment in the notebooks' parameters cell (where each family writes its
+    own MODEL, VARIANT and FLIP_TEST defaults: helpers.notebook_template)."""
+    return field(default=default, metadata={"help": help})
 
 
 @dataclass
