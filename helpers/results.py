@@ -1,5 +1,6 @@
-"""One home for a run's result files: `result.json` is assembled and validated here, once, and the
-per-sample errors are stored beside it, by the same code for the notebooks and for `rescore`.
+"""One home for a run's result files: `result.json` is assembled here (the evaluation's metrics, the blocks
+that describe the run, the timing) and validated once, and the per-sample errors are stored beside it, by the
+same code for the notebooks and for `rescore`.
 
     python -m helpers rescore --annotations DIR --predictions predictions.npz --out result.json
 
@@ -72,6 +73,47 @@ def load_per_sample(path: str | Path) -> dict:
     out["errors"] = {str(m): raw[f"error_{m}"] for m in raw["metrics"]}
     out["joint_errors"] = {str(m): raw[f"joint_error_{m}"] for m in raw["metrics"] if f"joint_error_{m}" in raw}
     return out
+
+
+def run_blocks(spec, *, checkpoint_info: dict, checkpoint_path, checkpoint_source: str, weights_kind: str,
+               demo: bool, inference: dict | None, params, environment: dict, snapshot: dict | None = None) -> dict:
+    """The blocks of result.json that describe a notebook run (model, weights, checkpoint, environment,
+    settings, and what the engine measured), merged into the evaluation's result by `evaluate(extra=...)`."""
+    import dataclasses
+
+    from .models.registry import get_family
+
+    info = checkpoint_info
+    model_block = {
+        "model_id": spec.model_id, "family": spec.family, "variant": spec.variant,
+        "family_display_name": get_family(spec.family).display_name,
+        "num_params": info.get("num_params") or spec.num_params,
+        "num_params_incl_buffers": spec.num_params_incl_buffers, "gmacs": spec.gmacs,
+        "input_shape": list(spec.input_shape), "output_shape": list(spec.output_shape),
+        "depth_dim": spec.depth_dim, "paper": dataclasses.asdict(spec.paper),
+    }
+    weights = {"kind": weights_kind}
+    if weights_kind == "random_demo":
+        weights["note"] = ("random-initialised demo checkpoint" + (" on generated demo data" if demo else "")
+                           + ": the numbers say nothing about the model")
+    elif weights_kind == "unknown":
+        weights["note"] = "a checkpoint given by path or URL that the registry does not list"
+    checkpoint = {"path": str(checkpoint_path), "sha256": info.get("sha256"), "format": info.get("format"),
+                  "epoch": info.get("epoch"), "remaps": info.get("remaps") or [], "source": checkpoint_source}
+    inference = inference or {}
+    settings = dict(inference.get("settings") or {})
+    settings.update({"image_limit": params.image_limit, "skip_missing_images": params.skip_missing_images,
+                     "demo_data": demo, "seed": params.seed})
+    for key in ("batch_size", "precision", "device", "world_size", "flip_test", "channels_last"):
+        settings.setdefault(key, getattr(params, key, None))
+    blocks = {"model": model_block, "weights": weights, "checkpoint": checkpoint, "environment": environment,
+              "settings": settings}
+    for key in ("precision_check", "crop_cache", "decode_check"):  # what the engine measured
+        if inference.get(key) is not None:
+            blocks[key] = inference[key]
+    if snapshot is not None:
+        blocks["snapshot"] = dict(snapshot)
+    return blocks
 
 
 def write_result(result_path: str | Path, result: dict, per_sample: PerSample | None = None,

@@ -409,41 +409,12 @@ class Run:
         return pd.DataFrame(list(rows.items()), columns=["item", "value"]).set_index("item")
 
     def _extra_blocks(self) -> dict:
-        from .models.registry import get_family
+        from .results import run_blocks
 
-        spec = self.spec
-        info = self.checkpoint_info
-        model_block = {
-            "model_id": spec.model_id, "family": spec.family, "variant": spec.variant,
-            "family_display_name": get_family(spec.family).display_name,
-            "num_params": info.get("num_params") or spec.num_params,
-            "num_params_incl_buffers": spec.num_params_incl_buffers, "gmacs": spec.gmacs,
-            "input_shape": list(spec.input_shape), "output_shape": list(spec.output_shape),
-            "depth_dim": spec.depth_dim, "paper": dataclasses.asdict(spec.paper),
-        }
-        weights = {"kind": self.weights_kind}
-        if self.weights_kind == "random_demo":
-            weights["note"] = ("random-initialised demo checkpoint" + (" on generated demo data" if self.demo else "")
-                               + ": the numbers say nothing about the model")
-        elif self.weights_kind == "unknown":
-            weights["note"] = "a checkpoint given by path or URL that the registry does not list"
-        checkpoint = {"path": str(self.checkpoint_path), "sha256": info.get("sha256"), "format": info.get("format"),
-                      "epoch": info.get("epoch"), "remaps": info.get("remaps") or [], "source": self.checkpoint_source}
-        inference = self.inference or {}
-        settings = dict(inference.get("settings") or {})
-        settings.update({"image_limit": self.params.image_limit,
-                         "skip_missing_images": self.params.skip_missing_images,
-                         "demo_data": self.demo, "seed": self.params.seed})
-        for key in ("batch_size", "precision", "device", "world_size", "flip_test", "channels_last"):
-            settings.setdefault(key, getattr(self.params, key, None))
-        blocks = {"model": model_block, "weights": weights, "checkpoint": checkpoint,
-                  "environment": self.environment_info or env.environment_report(), "settings": settings}
-        for key in ("precision_check", "crop_cache", "decode_check"):  # what the engine measured
-            if inference.get(key) is not None:
-                blocks[key] = inference[key]
-        if self.snapshot is not None:
-            blocks["snapshot"] = dict(self.snapshot)
-        return blocks
+        return run_blocks(self.spec, checkpoint_info=self.checkpoint_info, checkpoint_path=self.checkpoint_path,
+                          checkpoint_source=self.checkpoint_source, weights_kind=self.weights_kind, demo=self.demo,
+                          inference=self.inference, params=self.params,
+                          environment=self.environment_info or env.environment_report(), snapshot=self.snapshot)
 
     def evaluate(self) -> pd.DataFrame:
         """Evaluate the predictions against the ground truth; returns the per-action table (mm)."""

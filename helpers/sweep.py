@@ -14,6 +14,7 @@ import dataclasses
 import glob
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 
@@ -140,9 +141,8 @@ class Sweep:
     def snapshot_table(self) -> pd.DataFrame:
         from . import comparisons
 
-        items = [dataclasses.make_dataclass("Item", ["name", "path", "result"])(
-            run.output_dir.relative_to(self.output_dir).as_posix(), run.files.get("result"), run.result)
-            for run in self.runs]
+        items = [SimpleNamespace(name=run.output_dir.relative_to(self.output_dir).as_posix(), result=run.result)
+                 for run in self.runs]
         return comparisons.snapshot_frame(items)
 
     def paper_comparison(self) -> pd.DataFrame:
