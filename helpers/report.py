@@ -340,6 +340,15 @@ def heatmap_to_crop_pixels(coords, output_shape: tuple[int, int], input_shape: t
     return coords[..., :2] * scale
 
 
+def camera_to_crop_pixels(points_cam, f, c, bbox, input_shape: tuple[int, int]) -> np.ndarray:
+    """(J, 3) camera-space mm -> (J, 2) pixels of the crop of `bbox` [x, y, w, h] at `input_shape` (H, W)."""
+    from .geometry import camera_to_pixel
+
+    uv = camera_to_pixel(np.asarray(points_cam, np.float64), f, c)[:, :2]
+    bbox = np.asarray(bbox, np.float64)
+    return (uv - bbox[:2]) / bbox[2:] * np.array([input_shape[1], input_shape[0]])
+
+
 def plot_sample_2d(crop_image, coords_2d, skeleton=SKELETON, ax=None, title: str | None = None):
     """Draw the skeleton over one crop.
 

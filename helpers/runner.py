@@ -520,7 +520,6 @@ class Run:
         import matplotlib.pyplot as plt
 
         from . import report
-        from .geometry import camera_to_pixel
         from .images import read_image
         from .pipeline import crop_images
 
@@ -539,8 +538,7 @@ class Run:
             box = es.bbox[k]
             if self.is_root_model:
                 root = self.per_sample.pred_cam[sample_rows[k]]
-                uv = camera_to_pixel(root[None], es.f[k], es.c[k])[:, :2]
-                coords_2d.append((uv - box[:2]) / box[2:] * np.array([in_w, in_h]))
+                coords_2d.append(report.camera_to_crop_pixels(root[None], es.f[k], es.c[k], box, (in_h, in_w)))
                 metric = "root error"
             else:
                 coords_2d.append(report.heatmap_to_crop_pixels(pred["coords"][pred_rows[k]], self.spec.output_shape,

@@ -279,3 +279,13 @@ def test_qualitative_plots():
 def test_heatmap_to_crop_pixels():
     coords = np.array([[[16.0, 8.0, 3.0]]])
     assert report.heatmap_to_crop_pixels(coords, (32, 32), (256, 256)).tolist() == [[[128.0, 64.0]]]
+
+
+def test_camera_to_crop_pixels_maps_the_box_onto_the_crop():
+    f, c = np.array([1000.0, 1000.0]), np.array([500.0, 500.0])
+    # a point 5 m in front of the camera, on the optical axis, lands on the principal point
+    bbox = np.array([400.0, 300.0, 200.0, 400.0])  # centre (500, 500)
+    centre = report.camera_to_crop_pixels(np.array([[0.0, 0.0, 5000.0]]), f, c, bbox, (256, 128))
+    assert np.allclose(centre, [[64.0, 128.0]])
+    corner = report.camera_to_crop_pixels(np.array([[-500.0, -1000.0, 5000.0]]), f, c, bbox, (256, 128))
+    assert np.allclose(corner, [[0.0, 0.0]])  # (400, 300) in the image is the crop's top-left corner
