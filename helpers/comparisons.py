@@ -90,12 +90,14 @@ def _untagged(name: str) -> str:
 def plot_pairwise(pairwise: pd.DataFrame, any_demo: bool = False):
     """One panel per group: each pair's mean difference (a - b) with its 95 % interval; significant pairs
     (interval excludes 0) filled and red, the others hollow and grey."""
-    groups = list(dict.fromkeys(pairwise["group"])) or ["no pairs"]
-    heights = [max(2.0, 0.35 * max(1, (pairwise["group"] == g).sum()) + 1.2) for g in groups]
-    fig, axes = plt.subplots(len(groups), 1, figsize=(10, sum(heights)), squeeze=False,
-                             gridspec_kw={"height_ratios": heights})
-    for ax, group in zip(axes[:, 0], groups):
-        rows = pairwise[pairwise["group"] == group]
+    if not len(pairwise):
+        fig, ax = plt.subplots(figsize=(10, 2.0))
+        ax.text(0.5, 0.5, "no group holds two comparable models", transform=ax.transAxes, ha="center", color="gray")
+        ax.set_axis_off()
+        report.mark_figure(fig, any_demo)
+        return fig
+    fig, panels = report.panels(pairwise, "group", 10, lambda rows: max(2.0, 0.35 * len(rows) + 1.2))
+    for ax, group, rows in panels:
         y = np.arange(len(rows))[::-1]
         for yi, (_, row) in zip(y, rows.iterrows()):
             colour = "tab:red" if row["significant"] else "tab:gray"
@@ -105,12 +107,10 @@ def plot_pairwise(pairwise: pd.DataFrame, any_demo: bool = False):
         ax.set_yticks(y)
         ax.set_yticklabels([f"{_untagged(a)} − {_untagged(b)}" for a, b in zip(rows["model_a"], rows["model_b"])],
                            fontsize=8)
-        metric = report.HEADLINE_LABELS.get(rows["metric"].iloc[0], "error") if len(rows) else "error"
+        metric = report.HEADLINE_LABELS.get(rows["metric"].iloc[0], "error")
         ax.set_xlabel(f"difference in {metric} (mm), a − b, with its 95 % interval; red: significant")
         ax.set_title(group, fontsize=10)
         ax.grid(axis="x", alpha=0.3)
-        if not len(rows):
-            ax.text(0.5, 0.5, "fewer than two comparable models", transform=ax.transAxes, ha="center", color="gray")
     fig.tight_layout()
     report.mark_figure(fig, any_demo)
     return fig
@@ -142,10 +142,8 @@ def snapshot_frame(results) -> pd.DataFrame:
 
 def plot_snapshots(snapshots: pd.DataFrame, any_demo: bool = False):
     """Error against epoch for each run, with the 95 % intervals; the best epoch marked."""
-    runs = list(dict.fromkeys(snapshots["run"]))
-    fig, axes = plt.subplots(len(runs), 1, figsize=(9, 3.4 * len(runs)), squeeze=False)
-    for ax, run in zip(axes[:, 0], runs):
-        rows = snapshots[snapshots["run"] == run]
+    fig, panels = report.panels(snapshots, "run", 9, 3.4)
+    for ax, run, rows in panels:
         epochs = rows["epoch"].to_numpy(float)
         values = rows["value"].to_numpy(float)
         ax.errorbar(epochs, values, yerr=[values - rows["ci95_low"].to_numpy(float),

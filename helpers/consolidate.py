@@ -280,10 +280,8 @@ def convention_problems(results: list[LoadedResult]) -> list[str]:
 # ------------------------------------------------------------------------------------------------- plots
 def plot_headline_bars(leaderboard: pd.DataFrame, any_demo: bool = False):
     """One panel per group: headline bars, published values as markers."""
-    groups = list(dict.fromkeys(leaderboard["group"]))
-    fig, axes = plt.subplots(len(groups), 1, figsize=(10, 3.6 * len(groups)), squeeze=False)
-    for ax, group in zip(axes[:, 0], groups):
-        rows = leaderboard[leaderboard["group"] == group]
+    fig, panels = report.panels(leaderboard, "group", 10, 3.6)
+    for ax, group, rows in panels:
         positions = np.arange(len(rows))
         ax.bar(positions, rows[HEADLINE_COLUMN], width=0.6, color="tab:blue", label="measured")
         ax.set_xlim(-0.75, max(len(rows), 4) - 0.25)  # a lone bar keeps a normal width

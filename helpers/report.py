@@ -245,6 +245,17 @@ def format_table(result: dict) -> str:
 
 
 # -------------------------------------------------------------------------------------------------- plots
+def panels(frame: pd.DataFrame, column: str, width: float, height) -> tuple:
+    """One subplot row per distinct value of `frame[column]` (in order of appearance; `frame` not empty):
+    (fig, [(ax, value, rows of that value)]). `height`: inches per panel, or a function of its rows."""
+    values = list(dict.fromkeys(frame[column]))
+    blocks = [frame[frame[column] == value] for value in values]
+    sizes = [height(rows) if callable(height) else height for rows in blocks]
+    fig, axes = plt.subplots(len(values), 1, figsize=(width, sum(sizes)), squeeze=False,
+                             gridspec_kw={"height_ratios": sizes})
+    return fig, list(zip(axes[:, 0], values, blocks))
+
+
 def _bar_chart(frame: pd.DataFrame, columns: list[str], ax, ylabel: str) -> None:
     positions = np.arange(len(frame))
     width = 0.8 / len(columns)

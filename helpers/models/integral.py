@@ -10,8 +10,7 @@ import torch
 from torch import nn
 
 from ..pipeline import NORMALIZATION
-from .common import check_input, soft_argmax_3d
-from .resnet import BACKBONE_STRIDE, DECONV_FILTERS, ResNetBackbone, deconv_layers, output_shape_of
+from .resnet import DECONV_FILTERS, ResNetBackbone, ResNetHeatmapPose, deconv_layers, output_shape_of
 from .spec import CheckpointSource, Family, ModelSpec, NotebookText, PaperResult
 
 
@@ -28,7 +27,7 @@ class IntegralDeconvHead(nn.Module):
         return x
 
 
-class IntegralPoseNet(nn.Module):
+class IntegralPoseNet(ResNetHeatmapPose):
     """Integral Human Pose. `model(x)` -> (N, J, 3) heatmap units; `decode_normalized` gives the official
     [-0.5, 0.5] coordinates x/W - 0.5, y/H - 0.5, z/D - 0.5."""
 
@@ -39,14 +38,6 @@ class IntegralPoseNet(nn.Module):
         self.output_shape = output_shape_of(self.input_shape)
         self.backbone = ResNetBackbone(depth)
         self.head = IntegralDeconvHead(self.joint_num * self.depth_dim)
-
-    def heatmap_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Pre-softmax heatmaps (N, J*D, H/4, W/4), channel index j*D + d."""
-        check_input(x, BACKBONE_STRIDE, "IntegralPoseNet")
-        return self.head(self.backbone(x))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return soft_argmax_3d(self.heatmap_logits(x), self.joint_num, self.depth_dim)
 
     def decode_normalized(self, coords: torch.Tensor, heatmap_shape=None) -> torch.Tensor:
         """Heatmap units -> the official normalised decode. `heatmap_shape` (H, W) defaults to the

@@ -8,8 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .common import check_input, soft_argmax_3d
-from .resnet import BACKBONE_STRIDE, DECONV_FILTERS, ResNetBackbone, deconv_layers
+from .resnet import DECONV_FILTERS, ResNetBackbone, ResNetHeatmapPose, deconv_layers
 from .spec import CheckpointSource, Family, ModelSpec, NotebookText, PaperResult
 
 class PoseNetHead(nn.Module):
@@ -22,7 +21,7 @@ class PoseNetHead(nn.Module):
         return self.final_layer(self.deconv_layers(x))
 
 
-class PoseNet(nn.Module):
+class PoseNet(ResNetHeatmapPose):
     """3DMPPE PoseNet. `model(x)`: (N, 3, H, W) -> (N, J, 3) heatmap units (64x64x64 at 256x256)."""
 
     def __init__(self, joint_num: int = 18, depth_dim: int = 64, backbone_depth: int = 50):
@@ -30,14 +29,6 @@ class PoseNet(nn.Module):
         self.joint_num, self.depth_dim = int(joint_num), int(depth_dim)
         self.backbone = ResNetBackbone(backbone_depth)
         self.head = PoseNetHead(self.joint_num * self.depth_dim)
-
-    def heatmap_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Pre-softmax heatmaps (N, J*D, H/4, W/4), channel index j*D + d."""
-        check_input(x, BACKBONE_STRIDE, "PoseNet")
-        return self.head(self.backbone(x))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return soft_argmax_3d(self.heatmap_logits(x), self.joint_num, self.depth_dim)
 
 
 def build_posenet(joint_num: int = 18, depth_dim: int = 64) -> PoseNet:

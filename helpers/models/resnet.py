@@ -10,6 +10,8 @@ import torch
 from torch import nn
 from torchvision.models.resnet import Bottleneck
 
+from .common import check_input, soft_argmax_3d
+
 RESNET_LAYERS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
 BACKBONE_STRIDE = 32
 HEAD_STRIDE = 4  # three x2 transposed convolutions on the stride-32 feature
@@ -65,3 +67,20 @@ def output_shape_of(input_shape) -> tuple[int, int]:
     if height <= 0 or width <= 0 or height % BACKBONE_STRIDE or width % BACKBONE_STRIDE:
         raise ValueError(f"input_shape {tuple(input_shape)} must be positive multiples of {BACKBONE_STRIDE} (H, W)")
     return height // HEAD_STRIDE, width // HEAD_STRIDE
+
+
+class ResNetHeatmapPose(nn.Module):
+    """`backbone` -> `head` (J*D heatmap logits) -> 3D soft-argmax; subclasses set the four attributes."""
+
+    backbone: nn.Module
+    head: nn.Module
+    joint_num: int
+    depth_dim: int
+
+    def heatmap_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Pre-softmax heatmaps (N, J*D, H/4, W/4), channel index j*D + d."""
+        check_input(x, BACKBONE_STRIDE, type(self).__name__)
+        return self.head(self.backbone(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return soft_argmax_3d(self.heatmap_logits(x), self.joint_num, self.depth_dim)
