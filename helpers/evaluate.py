@@ -150,6 +150,13 @@ def validate_predictions(pred: dict, source: str = "predictions") -> dict:
     return out
 
 
+def read_predictions(predictions) -> dict:
+    """Predictions of either kind, validated: read from a `.npz` path, or checked when given as a dict."""
+    if isinstance(predictions, (str, os.PathLike)):
+        return load_predictions(predictions)
+    return validate_predictions(predictions)
+
+
 def load_predictions(path: str | os.PathLike) -> dict:
     """Read and validate `predictions.npz` (schema in helpers/README.md); extra arrays become plain values.
     The returned dict also carries `file`, the path read."""
@@ -367,10 +374,18 @@ def evaluate(test_set: TestSet, predictions: dict | str | os.PathLike, *, allow_
     must match the test set's boxes. `protocol_note` (`ModelSpec.protocol_note`) is stored in the
     conventions: the model's own protocol differs, so its numbers are not Protocol 1/2 paper numbers.
     """
-    pred = load_predictions(predictions) if isinstance(predictions, (str, os.PathLike)) else \
-        validate_predictions(predictions)
+    pred = read_predictions(predictions)
     if pred["kind"] == "root":
         raise PredictionError("these are root predictions (root_cam); evaluate them with evaluate_roots()")
+    return _evaluate_pose(test_set, pred, allow_partial=allow_partial, flip_test=flip_test, extra=extra,
+                          image_check=image_check, return_per_sample=return_per_sample,
+                          depth_extent_mm=depth_extent_mm, protocol_note=protocol_note)
+
+
+def _evaluate_pose(test_set: TestSet, pred: dict, *, allow_partial: bool = False, flip_test: bool | None = None,
+                   extra: dict | None = None, image_check: ImageCheck | None = None, return_per_sample: bool = False,
+                   depth_extent_mm: float | None = None, protocol_note: str | None = None):
+    """`evaluate` on validated pose predictions."""
     excused = _skipped_ids(test_set, image_check)
     test_rows, pred_rows, unexcused = _match(test_set, pred["image_id"], allow_partial, excused, "predictions")
     _check_crops(test_set, pred, test_rows, pred_rows)
@@ -421,12 +436,18 @@ def evaluate_roots(test_set: TestSet, image_id, root_cam_pred=None, *, allow_par
 
     `image_id` may also be a root predictions dict or file (`root_cam`, the `predictions.npz` contract)."""
     if root_cam_pred is None:
-        pred = load_predictions(image_id) if isinstance(image_id, (str, os.PathLike)) else \
-            validate_predictions(image_id)
+        pred = read_predictions(image_id)
         if pred["kind"] != "root":
             raise PredictionError("these are pose predictions (coords); evaluate them with evaluate()")
     else:
         pred = validate_root_predictions({"image_id": image_id, "root_cam": root_cam_pred})
+    return _evaluate_root(test_set, pred, allow_partial=allow_partial, flip_test=flip_test, extra=extra,
+                          image_check=image_check, return_per_sample=return_per_sample)
+
+
+def _evaluate_root(test_set: TestSet, pred: dict, *, allow_partial: bool = False, flip_test: bool | None = None,
+                   extra: dict | None = None, image_check: ImageCheck | None = None, return_per_sample: bool = False):
+    """`evaluate_roots` on validated root predictions."""
     excused = _skipped_ids(test_set, image_check)
     test_rows, pred_rows, unexcused = _match(test_set, pred["image_id"], allow_partial, excused, "root predictions")
     ts = test_set.subset(test_rows)
@@ -455,13 +476,12 @@ def evaluate_predictions(test_set: TestSet, predictions, **kwargs):
     """Evaluate pose or root predictions (a dict or a `predictions.npz`, told apart by their arrays):
     returns (result with its `ci95` block, PerSample). Pose keywords (`depth_extent_mm`, `protocol_note`) are
     ignored for roots."""
-    pred = load_predictions(predictions) if isinstance(predictions, (str, os.PathLike)) else \
-        validate_predictions(predictions)
+    pred = read_predictions(predictions)  # validated once, for either kind
     if pred["kind"] == "root":
         kwargs = {k: v for k, v in kwargs.items() if k not in ("depth_extent_mm", "protocol_note")}
-        result, per_sample = evaluate_roots(test_set, pred, return_per_sample=True, **kwargs)
+        result, per_sample = _evaluate_root(test_set, pred, return_per_sample=True, **kwargs)
     else:
-        result, per_sample = evaluate(test_set, pred, return_per_sample=True, **kwargs)
+        result, per_sample = _evaluate_pose(test_set, pred, return_per_sample=True, **kwargs)
     result["ci95"] = confidence_block(result, per_sample)
     return result, per_sample
 

@@ -384,10 +384,14 @@ class Run:
         self.checkpoint_info = info.to_dict()
         if info.is_random_demo:
             self.weights_kind = "random_demo"
+        self.note_stored_epoch()
+
+    def note_stored_epoch(self) -> None:
+        """A snapshot records the epoch its checkpoint stores; it names the epoch when the file name does not."""
         if self.snapshot is not None:
-            self.snapshot["stored_epoch"] = info.epoch
+            self.snapshot["stored_epoch"] = self.checkpoint_info.get("epoch")
             if self.snapshot.get("epoch") is None:
-                self.snapshot["epoch"] = info.epoch
+                self.snapshot["epoch"] = self.snapshot["stored_epoch"]
 
     def infer(self) -> pd.DataFrame:
         """Run the model on the selected samples; writes `<output_dir>/predictions.npz`."""

@@ -11,7 +11,7 @@ What an interval means: how much the number would move if the test set had been 
 kind (sampling uncertainty of the test set). What it does not mean: the spread of reproducing the model
 (training noise, another checkpoint, other software), which it does not measure.
 
-Each resample is a vector of recording counts, so a resample of every model, action and pair is one matrix
+Each resample is a vector of recording counts, so resampling every metric (or every action) at once is one matrix
 product: (resamples x recordings) @ (recordings x statistics).
 """
 from __future__ import annotations
@@ -154,22 +154,6 @@ def paired_comparison(errors_a, errors_b, subject, action_index, subaction, *, r
     below, above = np.count_nonzero(means <= 0.0), np.count_nonzero(means >= 0.0)
     p_value = min(1.0, 2.0 * (min(below, above) + 1) / (resamples + 1))
     return PairedComparison(len(diff), float(diff.mean()), float(low), float(high), float(p_value), n_groups)
-
-
-def paired_comparisons(errors: np.ndarray, subject, action_index, subaction, pairs, *, resamples: int = RESAMPLES,
-                       seed: int = SEED, level: float = LEVEL) -> list[PairedComparison]:
-    """Every pair (i, j) of the columns of `errors` (N, M) on the same N samples, from one set of resamples
-    (the same counts for every pair, so comparisons are consistent with each other)."""
-    errors = np.asarray(errors, np.float64)
-    codes, n_groups = recording_codes(subject, action_index, subaction)
-    counts = resample_counts(n_groups, resamples, seed)
-    diffs = np.stack([errors[:, i] - errors[:, j] for i, j in pairs], axis=1)
-    means = resampled_means(diffs, codes, n_groups, counts)
-    intervals = percentile_interval(means, level)
-    below, above = np.count_nonzero(means <= 0.0, axis=0), np.count_nonzero(means >= 0.0, axis=0)
-    p_values = np.minimum(1.0, 2.0 * (np.minimum(below, above) + 1) / (resamples + 1))
-    return [PairedComparison(len(errors), float(diffs[:, k].mean()), float(intervals[0, k]), float(intervals[1, k]),
-                             float(p_values[k]), n_groups) for k in range(len(pairs))]
 
 
 def unpaired_difference_interval(errors_a, errors_b, subject, action_index, subaction, *,

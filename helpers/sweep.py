@@ -29,6 +29,12 @@ def _epoch_from_name(path: Path) -> int | None:
     return int(numbers[-1]) if numbers else None
 
 
+def _stem(path: Path) -> str:
+    """The file name without its checkpoint suffix (`snapshot_60.pth.tar` -> `snapshot_60`)."""
+    suffix = next((s for s in SNAPSHOT_SUFFIXES if path.name.endswith(s)), "")
+    return path.name[:len(path.name) - len(suffix)] if suffix else path.name
+
+
 def _order(paths) -> list[Path]:
     """By the epoch number in the name (the last number), then by name."""
     return sorted(paths, key=lambda p: (_epoch_from_name(p) is None, _epoch_from_name(p) or 0, p.name))
@@ -59,6 +65,7 @@ class Sweep:
     runs: list  # runner.Run, one per snapshot, in epoch order
     pattern: str  # the CHECKPOINT that named them
     output_dir: Path  # <output_dir>/<model_id>
+    files: dict = dataclasses.field(default_factory=dict)  # the sweep's own table and plot, once saved
 
     @property
     def params(self):
@@ -68,10 +75,6 @@ class Sweep:
     def model_id(self) -> str:
         return self.runs[0].model_id
 
-    @property
-    def run_label(self) -> str:
-        return f"{self.model_id}: {self.pattern}"
-
     # ------------------------------------------------------------------------------------------ cells
     def environment(self) -> pd.DataFrame:
         return self.runs[0].environment()
@@ -80,8 +83,7 @@ class Sweep:
         return self.runs[0].data_summary()
 
     def checkpoint_summary(self) -> pd.DataFrame:
-        rows = [(run.snapshot["file"], run.snapshot["epoch"], run.checkpoint_info.get("sha256") if run.model else None)
-                for run in self.runs]
+        rows = [(run.snapshot["file"], run.snapshot["epoch"], run.checkpoint_info.get("sha256")) for run in self.runs]
         print(f"{len(self.runs)} snapshots of {self.model_id} ({self.pattern}); each is loaded strictly in its turn")
         return pd.DataFrame(rows, columns=["file", "epoch (from the name)", "sha256 (once loaded)"])
 
@@ -91,8 +93,7 @@ class Sweep:
 
         rows = []
         for run in tqdm(self.runs, desc="snapshots", unit="snapshot"):
-            run.ensure_model()
-            table = run.infer()
+            table = run.infer()  # loads the snapshot strictly first
             run.model = None  # the predictions are on disk; keep one model in memory at a time
             rows.append({"epoch": run.snapshot["epoch"], "file": run.snapshot["file"],
                          "images/s": table.loc["images_per_s", "value"] if "images_per_s" in table.index else None,
@@ -101,6 +102,8 @@ class Sweep:
         return pd.DataFrame(rows).set_index("epoch")
 
     def evaluate(self) -> pd.DataFrame:
+        from . import comparisons
+
         rows = []
         for run in self.runs:
             run.evaluate()
@@ -109,8 +112,7 @@ class Sweep:
             rows.append({"epoch": run.snapshot["epoch"], "metric": result["headline"]["metric"],
                          "value (mm)": result["headline"]["value"], "ci95_low": low, "ci95_high": high})
         frame = pd.DataFrame(rows).set_index("epoch")
-        print(f"best epoch on the test set: {frame['value (mm)'].idxmin()} -- selection bias: pick the epoch on "
-              "validation data, not on this table")
+        print(f"best epoch on the test set: {frame['value (mm)'].idxmin()}. {comparisons.SELECTION_BIAS_WARNING}")
         return frame
 
     def per_joint_table(self) -> pd.DataFrame:
@@ -126,17 +128,17 @@ class Sweep:
         for run in self.runs:
             run.save()
         frame = self.snapshot_table()
-        self.files_written = {"snapshots_csv": write_text(self.output_dir / SWEEP_CSV,
-                                                          frame.to_csv(index=False, float_format="%.4f"))}
+        self.files["snapshots_csv"] = write_text(self.output_dir / SWEEP_CSV, frame.to_csv(index=False,
+                                                                                            float_format="%.4f"))
         fig = comparisons.plot_snapshots(frame, any(report.is_random_demo(r.result) for r in self.runs))
         try:
-            self.files_written["snapshots_png"] = report.save_figure(fig, self.output_dir / SWEEP_PNG)
+            self.files["snapshots_png"] = report.save_figure(fig, self.output_dir / SWEEP_PNG)
         finally:
             import matplotlib.pyplot as plt
 
             plt.close(fig)
-        print(f"snapshots: {self.files_written['snapshots_csv']}")
-        return self.files_written["snapshots_csv"]
+        print(f"snapshots: {self.files['snapshots_csv']}")
+        return self.files["snapshots_csv"]
 
     def snapshot_table(self) -> pd.DataFrame:
         from . import comparisons
@@ -152,10 +154,10 @@ class Sweep:
         from . import comparisons
         from .runner import _display
 
-        if getattr(self, "files_written", {}).get("snapshots_png"):
+        if "snapshots_png" in self.files:
             from IPython.display import Image
 
-            _display(Image(filename=str(self.files_written["snapshots_png"])))
+            _display(Image(filename=str(self.files["snapshots_png"])))
             return
         _display(comparisons.plot_snapshots(self.snapshot_table()))
 
@@ -195,13 +197,11 @@ def prepare_sweep(params, snapshots: list[Path]):
             first, params=dataclasses.replace(params, checkpoint=str(path)), checkpoint_path=path,
             checkpoint_source=str(path), model=None, checkpoint_info={}, notes=list(first.notes), files={},
             inference=None, result=None, per_sample=None)
-        run.output_dir = base_dir / "snapshots" / path.name.split(".")[0]
+        run.output_dir = base_dir / "snapshots" / _stem(path)
         run.snapshot = {"run": f"{first.model_id}: {params.checkpoint}", "epoch": _epoch_from_name(path),
                         "file": str(path)}
         if run.model is not None:  # the first snapshot, loaded by prepare
-            run.snapshot["stored_epoch"] = run.checkpoint_info.get("epoch")
-            if run.snapshot["epoch"] is None:
-                run.snapshot["epoch"] = run.snapshot["stored_epoch"]
+            run.note_stored_epoch()
         runs.append(run)
     print(f"sweep: {len(runs)} snapshots of {first.model_id} -> {base_dir / 'snapshots'}")
     return Sweep(runs=runs, pattern=str(params.checkpoint), output_dir=base_dir)

@@ -10,6 +10,7 @@ it runs.
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.util
 import sys
@@ -113,9 +114,7 @@ def family_files() -> list[str]:
 
 
 def _with_source(family: Family, source: str) -> Family:
-    from dataclasses import replace
-
-    return replace(family, source=source)
+    return dataclasses.replace(family, source=source)
 
 
 def _collect_builtin() -> None:
