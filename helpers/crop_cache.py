@@ -119,8 +119,9 @@ class _ChunkReader(torch.utils.data.Dataset):
     """Item i = one batch of sample positions: decoded and cropped on the CPU (or the raw JPEG bytes for GPU
     decoding). Errors come back as data, so the main process reports the file instead of a worker traceback."""
 
-    def __init__(self, paths, bbox, batches, input_shape, gpu: bool):
+    def __init__(self, paths, bbox, batches, input_shape, gpu: bool, image_sizes=None):
         self.paths, self.bbox, self.batches, self.input_shape, self.gpu = paths, bbox, batches, input_shape, gpu
+        self.image_sizes = image_sizes
 
     def __len__(self) -> int:
         return len(self.batches)
@@ -133,8 +134,28 @@ class _ChunkReader(torch.utils.data.Dataset):
             return {"positions": positions, "error": str(exc)}
         if self.gpu:
             return {"positions": positions, "bytes": images, "error": None}
+        problem = size_mismatch(images, positions, self.paths, self.image_sizes)
+        if problem:
+            return {"positions": positions, "error": problem}
         return {"positions": positions, "error": None,
                 "crops": crop_images(pad_batch(images), self.bbox[positions], self.input_shape)}
+
+
+def size_mismatch(images, positions, paths, image_sizes) -> str | None:
+    """The error text for the first decoded image whose (height, width) differs from its annotation's, else None.
+
+    The boxes are clipped and processed with the annotated width and height; a resized copy of the dataset would
+    be cropped silently wrong."""
+    if image_sizes is None:
+        return None
+    for image, p in zip(images, positions):
+        decoded = tuple(int(v) for v in image.shape[-2:])
+        annotated = tuple(int(v) for v in image_sizes[p])
+        if decoded != annotated:
+            return (f"test image {paths[p]} is {decoded[1]}x{decoded[0]} (width x height) but its annotation says "
+                    f"{annotated[1]}x{annotated[0]}: the boxes would be cropped from the wrong pixels. Use the "
+                    "original Human3.6M frames, not a resized copy of the dataset.")
+    return None
 
 
 def _worker_init(_worker_id: int) -> None:
@@ -179,9 +200,13 @@ def check_gpu_decoder(paths: Sequence[str], bbox: np.ndarray, input_shape, devic
 
 def ensure_crops(paths: Sequence[str], bbox, input_shape: Sequence[int], *, cache_dir: str | os.PathLike,
                  rule: dict | None = None, decode: str = "cpu", device: str | torch.device = "cpu",
-                 num_workers: int = 2, batch_size: int = 32, progress: bool = True) -> CropStore:
+                 num_workers: int = 2, batch_size: int = 32, progress: bool = True,
+                 image_sizes=None) -> CropStore:
     """The crops of `paths` with `bbox` at `input_shape`, from the cache where present, else decoded and cropped
-    (then cached). Returns a `CropStore` with this build's hits, misses and decodes."""
+    (then cached). Returns a `CropStore` with this build's hits, misses and decodes.
+
+    `image_sizes` (N, 2): each image's (height, width) as its annotation gives it; a decoded image of another size
+    is an `ImageReadError` naming the file and both sizes."""
     if decode not in DECODERS:
         raise ValueError(f"decode must be one of {', '.join(DECODERS)}; got {decode!r}")
     paths = [str(p) for p in paths]
@@ -217,7 +242,9 @@ def ensure_crops(paths: Sequence[str], bbox, input_shape: Sequence[int], *, cach
         for start in range(first, end, batch_size):
             batches.append(np.arange(start, min(start + batch_size, end)))
             owner.append(index)
-    reader = _ChunkReader(paths, bbox, batches, input_shape, gpu=decode == "gpu")
+    if image_sizes is not None:
+        image_sizes = np.asarray(image_sizes, dtype=np.int64).reshape(len(paths), 2)
+    reader = _ChunkReader(paths, bbox, batches, input_shape, gpu=decode == "gpu", image_sizes=image_sizes)
     loader = torch.utils.data.DataLoader(reader, batch_size=None, shuffle=False, num_workers=num_workers,
                                          worker_init_fn=_worker_init, prefetch_factor=4 if num_workers else None)
     from tqdm.auto import tqdm
@@ -232,6 +259,9 @@ def ensure_crops(paths: Sequence[str], bbox, input_shape: Sequence[int], *, cach
         positions = np.asarray(item["positions"])
         if decode == "gpu":
             images = _gpu_decode(item["bytes"], [paths[p] for p in positions], device)
+            problem = size_mismatch(images, positions, paths, image_sizes)
+            if problem:
+                raise ImageReadError(problem)
             crops = crop_images(images, bbox[positions], input_shape).cpu()
         else:
             crops = item["crops"]

@@ -515,7 +515,8 @@ def run_inference(model_spec, checkpoint_or_model, test_set, image_paths: Sequen
     with torch_settings(device_type, cpu_threads):
         crops = ensure_crops(paths, bbox, spec.input_shape, cache_dir=cache_dir, rule=config.crop_rule,
                              decode=config.decode, device=main_device, num_workers=int(config.num_workers),
-                             progress=bool(config.progress))
+                             progress=bool(config.progress),
+                             image_sizes=np.stack([test_set.height[:n], test_set.width[:n]], axis=1))
 
     weights_sha = model_sha256(model)
     width = (3,) if spec.kind == "root" else (spec.joint_num, 3)

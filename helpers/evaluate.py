@@ -494,18 +494,3 @@ def confidence_block(result: dict, per_sample: PerSample) -> dict:
     block = result_intervals(per_sample)
     block["headline"] = block["metrics"][result["headline"]["metric"]]["total"]
     return block
-
-
-# ---------------------------------------------------------------------------------------------
-# CLI alias
-# ---------------------------------------------------------------------------------------------
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m helpers.evaluate` is an alias of `python -m helpers rescore` (helpers.results)."""
-    from .results import rescore_main
-
-    return rescore_main(argv)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

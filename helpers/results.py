@@ -116,6 +116,13 @@ def run_blocks(spec, *, checkpoint_info: dict, checkpoint_path, checkpoint_sourc
     return blocks
 
 
+def _timing_value(value) -> int | float | None:
+    """Counts (images, images decoded) stay JSON integers; durations and rates are floats."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
+        return None
+    return int(value) if isinstance(value, (int, np.integer)) else float(value)
+
+
 def write_result(result_path: str | Path, result: dict, per_sample: PerSample | None = None,
                  timing: dict | None = None) -> dict[str, Path]:
     """Validate `result` (with `timing` added) once and write it, and the per-sample errors beside it, atomically.
@@ -123,8 +130,7 @@ def write_result(result_path: str | Path, result: dict, per_sample: PerSample | 
     Returns {"result": path, "per_sample_errors": path}. Nothing is written when the result is invalid."""
     result_path = Path(result_path)
     if timing is not None:
-        result["timing"] = {k: (float(v) if isinstance(v, (int, float, np.number)) and not isinstance(v, bool)
-                                else None) for k, v in timing.items()}
+        result["timing"] = {k: _timing_value(v) for k, v in timing.items()}
     files = {}
     if per_sample is not None:
         sample_path = per_sample_path(result_path)

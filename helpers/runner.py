@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from . import environment as env
+from .display import show
 from .h36m import DataError, find_ids, find_real_annotations
 from .results import BBOX_ROOT_FILE, RESULT_FILE
 
@@ -222,20 +223,6 @@ def ensure_demo_checkpoint(cache_dir: Path, model_id: str, seed: int = 0) -> Pat
 
 
 # ------------------------------------------------------------------------------------------------ the run
-def _display(obj) -> None:
-    """Show `obj` in a notebook (rich display); print it elsewhere."""
-    try:
-        from IPython import get_ipython
-        from IPython.display import display
-    except ImportError:
-        print(obj)
-        return
-    if get_ipython() is None:
-        print(obj)
-    else:
-        display(obj)
-
-
 def _spread(indices: np.ndarray, limit: int | None) -> np.ndarray:
     """`limit` entries of `indices` spread evenly from first to last (all of them when limit is None)."""
     if limit is None or limit >= len(indices):
@@ -500,13 +487,13 @@ class Run:
             except ImportError:
                 Image = None  # noqa: N806
             for path in saved:
-                _display(Image(filename=str(path)) if Image is not None else path)
+                show(Image(filename=str(path)) if Image is not None else path)
             return
         figures = [report.plot_per_action(result)]
         if result["kind"] == "pose":
             figures.append(report.plot_per_joint(result))
         for fig in figures:
-            _display(fig)
+            show(fig)
             plt.close(fig)
 
     def _sample_order(self) -> tuple[np.ndarray, np.ndarray]:
@@ -559,7 +546,7 @@ class Run:
                 for points in ax.collections:
                     points.set_sizes([80])
         self.files["qualitative_png"] = report.save_figure(fig, self.output_dir / QUALITATIVE_FILE_NAME)
-        _display(fig)
+        show(fig)
         plt.close(fig)
 
     def files_table(self) -> pd.DataFrame:
@@ -573,12 +560,12 @@ class Run:
     def run_all(self) -> dict:
         """Every step after `prepare`, displaying each table (used by the widgets' Run button)."""
         for step in (self.environment, self.data_summary, self.checkpoint_summary, self.infer, self.evaluate):
-            _display(step())
+            show(step())
         self.save()
-        _display(self.paper_comparison())
+        show(self.paper_comparison())
         self.plots()
         self.qualitative_samples()
-        _display(self.files_table())
+        show(self.files_table())
         return self.result
 
 
@@ -691,7 +678,10 @@ def prepare(params: RunParams):
 
     snapshots = snapshot_files(params.checkpoint)
     if snapshots is not None:
-        return prepare_sweep(params, snapshots)
+        if not snapshots:
+            raise ConfigError(f"CHECKPOINT {params.checkpoint} names no checkpoint file (no match for the pattern, "
+                              "or an empty folder)")
+        return prepare_sweep(params, snapshots, prepare)
 
     started = time.perf_counter()
     spec = get_spec(params.model_id)

@@ -18,6 +18,8 @@ from types import SimpleNamespace
 
 import pandas as pd
 
+from .display import show
+
 GLOB_CHARACTERS = set("*?[")
 SNAPSHOT_SUFFIXES = (".pth.tar", ".pth", ".pt", ".tar", ".ckpt", ".bin")
 SWEEP_CSV = "snapshots.csv"
@@ -152,14 +154,12 @@ class Sweep:
 
     def plots(self) -> None:
         from . import comparisons
-        from .runner import _display
-
         if "snapshots_png" in self.files:
             from IPython.display import Image
 
-            _display(Image(filename=str(self.files["snapshots_png"])))
+            show(Image(filename=str(self.files["snapshots_png"])))
             return
-        _display(comparisons.plot_snapshots(self.snapshot_table()))
+        show(comparisons.plot_snapshots(self.snapshot_table()))
 
     def qualitative_samples(self, count: int = 4):
         """The samples of the last snapshot (the one a training run ends with, not the best on the test set)."""
@@ -171,25 +171,19 @@ class Sweep:
         return pd.concat(frames)
 
     def run_all(self) -> list[dict]:
-        from .runner import _display
-
         for step in (self.environment, self.data_summary, self.checkpoint_summary, self.infer, self.evaluate):
-            _display(step())
+            show(step())
         self.save()
-        _display(self.paper_comparison())
+        show(self.paper_comparison())
         self.plots()
         return [run.result for run in self.runs]
 
 
-def prepare_sweep(params, snapshots: list[Path]):
-    """A `Sweep` over `snapshots`: the first is prepared (and loaded strictly) like a single run, the others
-    share its data checks and are loaded when their turn comes."""
-    from .runner import ConfigError, prepare
-
-    if not snapshots:
-        raise ConfigError(f"CHECKPOINT {params.checkpoint} names no checkpoint file (no match for the pattern, or an "
-                          "empty folder)")
-    first = prepare(dataclasses.replace(params, checkpoint=str(snapshots[0])))
+def prepare_sweep(params, snapshots: list[Path], prepare_run):
+    """A `Sweep` over `snapshots` (at least one): the first is prepared (and loaded strictly) like a single run by
+    `prepare_run(params)` (`runner.prepare`), the others share its data checks and are loaded when their turn
+    comes."""
+    first = prepare_run(dataclasses.replace(params, checkpoint=str(snapshots[0])))
     base_dir = first.output_dir
     runs = []
     for path in snapshots:

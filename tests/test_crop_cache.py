@@ -169,3 +169,29 @@ def test_gpu_decoding_needs_cuda(dataset, tmp_path):
         _build(paths, test_set.bbox, tmp_path, decode="gpu")
     with pytest.raises(ValueError, match="decode must be one of"):
         _build(paths, test_set.bbox, tmp_path, decode="nvjpeg")
+
+
+def test_an_image_whose_size_differs_from_its_annotation_is_an_error_naming_both_sizes(dataset, tmp_path):
+    """The boxes are processed with the annotated width and height: a resized copy of the data set must not be
+    cropped silently wrong."""
+    test_set, paths = dataset
+    sizes = np.stack([test_set.height, test_set.width], axis=1)
+    store = _build(paths, test_set.bbox, tmp_path / "right", image_sizes=sizes)
+    assert store.misses == NUM_SAMPLES
+    wrong = sizes.copy()
+    wrong[7] = [1000, 1002]
+    with pytest.raises(ImageReadError) as err:
+        _build(paths, test_set.bbox, tmp_path / "wrong", image_sizes=wrong)
+    message = str(err.value)
+    assert str(paths[7]) in message and "40x50" in message and "1002x1000" in message
+    # nothing of the refused build's chunk was written
+    assert not list((tmp_path / "wrong").rglob("chunk_*.npy"))
+
+
+def test_run_inference_checks_the_decoded_sizes_against_the_annotations(dataset, tmp_path):
+    from types import SimpleNamespace
+
+    test_set, paths = dataset
+    resized = SimpleNamespace(**{**vars(test_set), "width": np.full(NUM_SAMPLES, 80)})
+    with pytest.raises(ImageReadError, match=r"is 40x4[80] \(width x height\) but its annotation says 80x"):
+        run_inference(POSE_SPEC, tiny_pose_model(), resized, paths, _config(tmp_path))

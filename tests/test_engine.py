@@ -53,7 +53,9 @@ def dataset(tmp_path_factory):
         boxes.append([rng.uniform(-5, 15), rng.uniform(-5, 15), rng.uniform(20, 35), rng.uniform(20, 35)])
     test_set = SimpleNamespace(image_id=np.arange(1000, 1000 + NUM_SAMPLES, dtype=np.int64),
                                bbox=np.array(boxes), f=np.tile([1145.0, 1144.0], (NUM_SAMPLES, 1)),
-                               c=np.tile([20.5, 24.0], (NUM_SAMPLES, 1)))
+                               c=np.tile([20.5, 24.0], (NUM_SAMPLES, 1)),
+                               height=np.array([50 if i % 2 else 48 for i in range(NUM_SAMPLES)]),
+                               width=np.full(NUM_SAMPLES, 40))
     return test_set, paths
 
 

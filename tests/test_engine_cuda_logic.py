@@ -54,7 +54,9 @@ def dataset(tmp_path_factory):
         boxes.append([rng.uniform(-5, 15), rng.uniform(-5, 15), rng.uniform(20, 35), rng.uniform(20, 35)])
     test_set = SimpleNamespace(image_id=np.arange(NUM_SAMPLES, dtype=np.int64) + 500, bbox=np.array(boxes),
                                f=np.tile([1145.0, 1144.0], (NUM_SAMPLES, 1)), c=np.tile([20.0, 24.0], (NUM_SAMPLES, 1)),
-                               root_cam=np.tile([0.0, 0.0, 5000.0], (NUM_SAMPLES, 1)))
+                               root_cam=np.tile([0.0, 0.0, 5000.0], (NUM_SAMPLES, 1)),
+                               height=np.array([50 if i % 2 else 48 for i in range(NUM_SAMPLES)]),
+                               width=np.full(NUM_SAMPLES, 40))
     return test_set, paths
 
 

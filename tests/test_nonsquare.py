@@ -11,7 +11,7 @@ import pytest
 from helpers import environment, evaluate, h36m, runner
 from helpers.geometry import camera_to_heatmap
 from helpers.models.registry import MODEL_REGISTRY, get_spec
-from helpers.results import RESULT_FILE
+from helpers.results import RESULT_FILE, rescore_main
 
 CHALLENGE = "integral_r152_challenge"
 ASPECT = 288 / 384  # the challenge input's width / height
@@ -169,13 +169,13 @@ def test_rescore_reads_the_aspect_ratio_and_depth_extent_from_the_predictions(ch
     out = tmp_path / "rescored.json"
     args = ["--annotations", str(run.annotation_dir), "--predictions", run.inference["predictions_path"],
             "--allow-partial", "--out", str(out)]
-    assert evaluate.main(args) == 0
+    assert rescore_main(args) == 0
     rescored = json.loads(out.read_text())
     assert rescored["headline"]["value"] == pytest.approx(run.result["headline"]["value"], rel=1e-12)
     assert rescored["conventions"]["crop_aspect_ratio"] == pytest.approx(0.75)
     assert "protocol_note" in rescored["conventions"]
     # Square boxes do not match the crops the predictions were made on: a clear refusal, no file.
     refused = tmp_path / "refused.json"
-    assert evaluate.main(args[:-1] + [str(refused), "--aspect-ratio", "1"]) == 1
+    assert rescore_main(args[:-1] + [str(refused), "--aspect-ratio", "1"]) == 1
     assert "aspect_ratio=0.75" in capsys.readouterr().err
     assert not refused.exists()

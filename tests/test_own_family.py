@@ -63,7 +63,7 @@ def test_a_family_file_registers_once_and_names_its_models(family_file):
     family = registry.load_family_file(family_file)
     assert registry.load_family_file(family_file) is family  # loading the same file again is a no-op
     assert family.name == "tinypose" and registry.resolve_model_id("tinypose") == "tinypose_s"
-    assert registry.get_spec("tinypose_s").display_name == "TinyPose S"
+    assert registry.display_name(registry.get_spec("tinypose_s")) == "TinyPose S"
     params = runner.RunParams(model="tinypose", model_file=str(family_file))
     assert params.model_id == "tinypose_s"
     model = registry.build_model("tinypose_s")

@@ -20,8 +20,9 @@ from typing import Mapping
 from .spec import CheckpointSource, Family, ModelSpec, NotebookText, PaperResult
 
 __all__ = ["BUILTIN_FAMILY_MODULES", "FAMILIES", "MODEL_REGISTRY", "CheckpointSource", "Family", "ModelSpec",
-           "NotebookText", "PaperResult", "UnknownModelError", "build_model", "clean_family_keys", "family_files",
-           "get_family", "get_spec", "list_models", "load_family_file", "load_model_files", "register_family", "resolve_model_id"]
+           "NotebookText", "PaperResult", "UnknownModelError", "build_model", "clean_family_keys", "display_name",
+           "family_files", "get_family", "get_spec", "list_models", "load_family_file", "load_model_files",
+           "register_family", "resolve_model_id"]
 
 BUILTIN_FAMILY_MODULES = ("convnextpose", "posenet", "rootnet", "mobilehumanpose", "integral")
 
@@ -139,6 +140,12 @@ def get_family(name: str) -> Family:
         return FAMILIES[name]
     except KeyError:
         raise KeyError(f"unknown model family {name!r}; known: {', '.join(FAMILIES)}") from None
+
+
+def display_name(spec: ModelSpec) -> str:
+    """"<family display name> <variant>", e.g. "ConvNeXtPose L"."""
+    family = FAMILIES.get(spec.family)
+    return f"{family.display_name if family else spec.family} {spec.variant}"
 
 
 def build_model(model_id: str, **overrides):

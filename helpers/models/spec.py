@@ -74,14 +74,6 @@ class ModelSpec:
         """Depth range (mm) the depth bins span, centred on the root."""
         return float(self.bbox_3d_mm[2])
 
-    @property
-    def display_name(self) -> str:
-        """"<family display name> <variant>", e.g. "ConvNeXtPose L"."""
-        from .registry import FAMILIES
-
-        family = FAMILIES.get(self.family)
-        return f"{family.display_name if family else self.family} {self.variant}"
-
     def build(self, **overrides):
         """A fresh model in eval mode, on CPU, randomly initialised."""
         fn = self.builder

@@ -1,0 +1,16 @@
+"""Showing a table, figure or image: rich display in a notebook, printed elsewhere (scripts, tests)."""
+from __future__ import annotations
+
+
+def show(obj) -> None:
+    """Show `obj` in a notebook (rich display); print it elsewhere."""
+    try:
+        from IPython import get_ipython
+        from IPython.display import display
+    except ImportError:
+        print(obj)
+        return
+    if get_ipython() is None:
+        print(obj)
+    else:
+        display(obj)
