@@ -20,6 +20,9 @@ from .h36m import find_ids
 PAIRWISE_COLUMNS = ("group", "metric", "model_a", "model_b", "n_common", "delta", "ci95_low", "ci95_high", "p_value",
                     "significant", "note")
 SNAPSHOT_COLUMNS = ("run", "model_id", "epoch", "metric", "value", "ci95_low", "ci95_high", "best", "result")
+RANDOM_WEIGHTS_PAIR_NOTE = ("random demo weights: 'significant' only says that two random networks give different "
+                            "errors, nothing about the models")
+GENERATED_DATA_PAIR_NOTE = "generated data: says nothing about accuracy on Human3.6M"
 SELECTION_BIAS_WARNING = (
     "Choosing the best epoch by its test-set error is selection bias: the chosen number is optimistic. "
     "Pick the epoch on a validation split (or fix it in advance, e.g. the last one) and report that.")
@@ -54,24 +57,29 @@ def pairwise_frame(leaderboard: pd.DataFrame, samples: dict[str, dict | None], *
         block = leaderboard[leaderboard["group"] == group]
         metric = metric_keys[block["metric"].iloc[0]]
         usable = []
-        for name, model in zip(block["result"], block["model"]):
+        for name, model, weights, data in zip(block["result"], block["model"], block["weights"], block["data"]):
             errors = samples.get(name)
             if errors is None or metric not in errors["errors"]:
                 problems.append(f"`{name}` has no per-sample errors (written before they were stored?): it has no "
                                 "paired comparisons; rescore it to get them")
                 continue
-            usable.append((model, errors))
-        for (model_a, a), (model_b, b) in combinations(usable, 2):
+            usable.append((model, errors, weights, data))
+        for (model_a, a, weights_a, data_a), (model_b, b, weights_b, data_b) in combinations(usable, 2):
             rows_b, found = find_ids(b["image_id"], a["image_id"])
             rows_a = np.flatnonzero(found)
             rows_b = rows_b[found]
             if not len(rows_a):
                 problems.append(f"`{model_a}` and `{model_b}` share no sample: not compared")
                 continue
-            note = ""
+            notes = []
+            if "random_demo" in (weights_a, weights_b):
+                notes.append(RANDOM_WEIGHTS_PAIR_NOTE)
+            if "generated" in (data_a, data_b):
+                notes.append(GENERATED_DATA_PAIR_NOTE)
             if len(rows_a) < max(len(a["image_id"]), len(b["image_id"])):
-                note = (f"common samples only: {len(rows_a)} of {len(a['image_id'])} ({model_a}) and "
-                        f"{len(b['image_id'])} ({model_b})")
+                notes.append(f"common samples only: {len(rows_a)} of {len(a['image_id'])} ({model_a}) and "
+                             f"{len(b['image_id'])} ({model_b})")
+            note = "; ".join(notes)
             result = stats.paired_comparison(a["errors"][metric][rows_a], b["errors"][metric][rows_b],
                                              a["subject"][rows_a], a["action_index"][rows_a], a["subaction"][rows_a],
                                              resamples=resamples, seed=seed)
@@ -87,14 +95,14 @@ def _untagged(name: str) -> str:
     return name.split(" [", 1)[0]
 
 
-def plot_pairwise(pairwise: pd.DataFrame, any_demo: bool = False):
+def plot_pairwise(pairwise: pd.DataFrame, banner: str | None = None):
     """One panel per group: each pair's mean difference (a - b) with its 95 % interval; significant pairs
     (interval excludes 0) filled and red, the others hollow and grey."""
     if not len(pairwise):
         fig, ax = plt.subplots(figsize=(10, 2.0))
         ax.text(0.5, 0.5, "no group holds two comparable models", transform=ax.transAxes, ha="center", color="gray")
         ax.set_axis_off()
-        report.mark_figure(fig, any_demo)
+        report.mark_figure(fig, banner)
         return fig
     fig, panels = report.panels(pairwise, "group", 10, lambda rows: max(2.0, 0.35 * len(rows) + 1.2))
     for ax, group, rows in panels:
@@ -112,7 +120,7 @@ def plot_pairwise(pairwise: pd.DataFrame, any_demo: bool = False):
         ax.set_title(group, fontsize=10)
         ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
-    report.mark_figure(fig, any_demo)
+    report.mark_figure(fig, banner)
     return fig
 
 
@@ -140,7 +148,7 @@ def snapshot_frame(results) -> pd.DataFrame:
     return frame
 
 
-def plot_snapshots(snapshots: pd.DataFrame, any_demo: bool = False):
+def plot_snapshots(snapshots: pd.DataFrame, banner: str | None = None):
     """Error against epoch for each run, with the 95 % intervals; the best epoch marked."""
     fig, panels = report.panels(snapshots, "run", 9, 3.4)
     for ax, run, rows in panels:
@@ -158,5 +166,5 @@ def plot_snapshots(snapshots: pd.DataFrame, any_demo: bool = False):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    report.mark_figure(fig, any_demo)
+    report.mark_figure(fig, banner)
     return fig

@@ -29,6 +29,7 @@ from .result_schema import validate_result
 
 SKIPPED_SUBDIRS = ("report", "runs")
 DEMO_TAG = " [random demo]"
+GENERATED_TAG = " [generated data]"
 PARTIAL_TAG = " [partial]"
 HEADLINE_COLUMN = "headline (mm)"
 LEADERBOARD_COLUMNS = (
@@ -36,7 +37,7 @@ LEADERBOARD_COLUMNS = (
     "PA similarity (mm)",
     "action mean (mm)", "MRPE x (mm)", "MRPE y (mm)", "MRPE z (mm)", "paper (mm)", "Δ (mm)", "grade",
     "params (M)", "GFLOPs (MACs)", "images/s", "protocol", "bbox source", "root source", "flip test", "precision",
-    "device", "batch size", "images evaluated", "images expected", "partial", "weights", "result",
+    "device", "batch size", "images evaluated", "images expected", "partial", "data", "weights", "result",
 )
 FILE_NAMES = {
     "report": "REPORT.md", "leaderboard": "leaderboard.csv", "summary": "summary.json",
@@ -77,6 +78,15 @@ class Consolidated:
     @property
     def any_random_demo(self) -> bool:
         return any(report.is_random_demo(r.result) for r in self.results)
+
+    @property
+    def any_generated_data(self) -> bool:
+        return any(report.is_generated_data(r.result) for r in self.results)
+
+    @property
+    def banner(self) -> str | None:
+        """What the figures say across their top when any result has random weights or generated data."""
+        return report.banner(*(r.result for r in self.results))
 
 
 # ------------------------------------------------------------------------------------------------ loading
@@ -132,7 +142,16 @@ def display_name(result: dict, fallback: str) -> str:
     name = f"{family} {model['variant']}" if family and model.get("variant") else model.get("model_id") or fallback
     if result.get("snapshot"):  # one epoch of a sweep (helpers.sweep)
         name += f" @ epoch {result['snapshot'].get('epoch')}"
-    return name + (DEMO_TAG if report.is_random_demo(result) else "") + (PARTIAL_TAG if result["partial"] else "")
+    return (name + (DEMO_TAG if report.is_random_demo(result) else "")
+            + (GENERATED_TAG if report.is_generated_data(result) else "") + (PARTIAL_TAG if result["partial"] else ""))
+
+
+def weights_label(result: dict) -> str:
+    """The weights' kind ("released", "given", "random_demo"), with the checkpoint's short hash where known."""
+    weights = result.get("weights") or {}
+    kind = {"unknown": "given"}.get(weights.get("kind"), weights.get("kind", "unknown"))
+    sha = weights.get("sha256") or (result.get("checkpoint") or {}).get("sha256")
+    return f"{kind} ({sha[:12]})" if sha and kind != "random_demo" else kind
 
 
 def _number(value) -> float:
@@ -209,7 +228,8 @@ def _row(item: LoadedResult) -> dict:
         "images evaluated": int(result["num_samples"]),
         "images expected": int(result["num_expected"]),
         "partial": bool(result["partial"]),
-        "weights": (result.get("weights") or {}).get("kind", "unknown"),
+        "data": "generated" if report.is_generated_data(result) else "real",
+        "weights": weights_label(result),
         "result": item.name,
     }
     row["action mean (mm)"] = float(report.per_action_frame(result).loc[report.ACTION_MEAN_ROW, row["metric"]])
@@ -265,6 +285,11 @@ def convention_problems(results: list[LoadedResult]) -> list[str]:
                     "flip_test", "frame_stride", "test_subjects") else ", ".join(i.name for i in items)
                 problems.append(f"group '{label}' mixes {what} ({names}): compare these rows with care")
     for item in results:
+        if report.is_random_demo(item.result):
+            problems.append(f"`{item.name}` ran with RANDOM DEMO WEIGHTS: its numbers say nothing about the model")
+        if report.is_generated_data(item.result):
+            problems.append(f"`{item.name}` was evaluated on GENERATED data, not Human3.6M: not comparable with "
+                            "the papers")
         if item.result["partial"]:
             problems.append(f"`{item.name}` is a PARTIAL run ({item.result['num_samples']} of "
                             f"{item.result['num_expected']} samples): not comparable with full runs or the paper")
@@ -278,7 +303,7 @@ def convention_problems(results: list[LoadedResult]) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------------- plots
-def plot_headline_bars(leaderboard: pd.DataFrame, any_demo: bool = False):
+def plot_headline_bars(leaderboard: pd.DataFrame, banner: str | None = None):
     """One panel per group: headline bars, published values as markers."""
     fig, panels = report.panels(leaderboard, "group", 10, 3.6)
     for ax, group, rows in panels:
@@ -297,11 +322,11 @@ def plot_headline_bars(leaderboard: pd.DataFrame, any_demo: bool = False):
         ax.grid(axis="y", alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    report.mark_figure(fig, any_demo)
+    report.mark_figure(fig, banner)
     return fig
 
 
-def plot_accuracy_vs_cost(leaderboard: pd.DataFrame, any_demo: bool = False):
+def plot_accuracy_vs_cost(leaderboard: pd.DataFrame, banner: str | None = None):
     """Rows: groups; columns: headline error vs GFLOPs (MACs), params (M), images/s. Points labelled."""
     groups = list(dict.fromkeys(leaderboard["group"]))
     x_columns = ("GFLOPs (MACs)", "params (M)", "images/s")
@@ -322,11 +347,11 @@ def plot_accuracy_vs_cost(leaderboard: pd.DataFrame, any_demo: bool = False):
             ax.set_title(group, fontsize=9)
             ax.grid(alpha=0.3)
     fig.tight_layout()
-    report.mark_figure(fig, any_demo)
+    report.mark_figure(fig, banner)
     return fig
 
 
-def plot_per_action_heatmap(per_action: pd.DataFrame, any_demo: bool = False):
+def plot_per_action_heatmap(per_action: pd.DataFrame, banner: str | None = None):
     """One annotated heatmap per group: models × actions, headline metric (mm)."""
     groups = list(dict.fromkeys(per_action.index.get_level_values("group")))
     heights = [max(1.6, 0.45 * len(per_action.loc[g]) + 1.4) for g in groups]
@@ -348,7 +373,7 @@ def plot_per_action_heatmap(per_action: pd.DataFrame, any_demo: bool = False):
         ax.set_title(f"{group}: per action (mm)", fontsize=10)
         fig.colorbar(image, ax=ax, fraction=0.02, pad=0.01)
     fig.tight_layout()
-    report.mark_figure(fig, any_demo)
+    report.mark_figure(fig, banner)
     return fig
 
 
@@ -374,11 +399,11 @@ REPORT_TABLE_COLUMNS = ("model", "model_id", HEADLINE_COLUMN, "ci95_low", "ci95_
                         "PA similarity (mm)",
                         "action mean (mm)", "paper (mm)", "Δ (mm)", "grade", "params (M)", "GFLOPs (MACs)",
                         "images/s", "flip test", "precision", "device", "batch size", "images evaluated", "partial",
-                        "weights")
+                        "data", "weights")
 ROOT_TABLE_COLUMNS = ("model", "model_id", HEADLINE_COLUMN, "ci95_low", "ci95_high", "MRPE x (mm)", "MRPE y (mm)",
                       "MRPE z (mm)",
                       "action mean (mm)", "paper (mm)", "Δ (mm)", "grade", "params (M)", "images/s", "flip test",
-                      "precision", "device", "batch size", "images evaluated", "partial", "weights")
+                      "precision", "device", "batch size", "images evaluated", "partial", "data", "weights")
 
 
 _FLIP_WORDS = {True: "on", False: "off", None: "unknown"}
@@ -441,6 +466,13 @@ def render_report(consolidated: Consolidated, results_dir: Path, plots: dict[str
                   f"come from random-initialised demo weights ({', '.join(f'`{d}`' for d in demo)}). They only "
                   "prove that the pipeline runs end to end and say nothing about the models; rows marked "
                   f"`{DEMO_TAG.strip()}` must not be compared with the papers or with each other.", ""]
+    generated = [r.name for r in consolidated.results if report.is_generated_data(r.result)]
+    if generated:
+        lines += [f"> **⚠ {report.GENERATED_MARKER.upper()}.** {len(generated)} of {len(consolidated.results)} "
+                  f"result(s) were evaluated on generated data ({', '.join(f'`{g}`' for g in generated)}): synthetic "
+                  "people in the Human3.6M format, not Human3.6M. Their numbers cannot be compared with the papers; "
+                  f"rows marked `{GENERATED_TAG.strip()}` show that the pipeline (and, with a given checkpoint, "
+                  "your weights) runs end to end.", ""]
     partial = [r.name for r in consolidated.results if r.result["partial"]]
     if partial:
         lines += [f"> **Partial runs:** {', '.join(f'`{p}`' for p in partial)} evaluated only part of the test "
@@ -520,6 +552,7 @@ def _summary(consolidated: Consolidated, results_dir: Path) -> dict:
         "num_results": len(consolidated.results),
         "groups": consolidated.groups,
         "any_random_demo": consolidated.any_random_demo,
+        "any_generated_data": consolidated.any_generated_data,
         "leaderboard": records,
         "problems": consolidated.problems,
     }
@@ -548,13 +581,13 @@ def consolidate(results_dir, out_dir=None) -> Consolidated:
                                 pairwise=pairwise, snapshots=comparisons.snapshot_frame(results))
     plots: dict[str, str] = {}
     if results:
-        any_demo = consolidated.any_random_demo
-        figures = [("headline_png", lambda: plot_headline_bars(consolidated.leaderboard, any_demo)),
-                   ("cost_png", lambda: plot_accuracy_vs_cost(consolidated.leaderboard, any_demo)),
-                   ("heatmap_png", lambda: plot_per_action_heatmap(consolidated.per_action, any_demo)),
-                   ("pairwise_png", lambda: comparisons.plot_pairwise(consolidated.pairwise, any_demo))]
+        banner = consolidated.banner
+        figures = [("headline_png", lambda: plot_headline_bars(consolidated.leaderboard, banner)),
+                   ("cost_png", lambda: plot_accuracy_vs_cost(consolidated.leaderboard, banner)),
+                   ("heatmap_png", lambda: plot_per_action_heatmap(consolidated.per_action, banner)),
+                   ("pairwise_png", lambda: comparisons.plot_pairwise(consolidated.pairwise, banner))]
         if len(consolidated.snapshots):
-            figures.append(("snapshots_png", lambda: comparisons.plot_snapshots(consolidated.snapshots, any_demo)))
+            figures.append(("snapshots_png", lambda: comparisons.plot_snapshots(consolidated.snapshots, banner)))
         for key, draw in figures:
             fig = draw()
             name = {**FILE_NAMES, **SNAPSHOT_FILE_NAMES}[key]
@@ -591,7 +624,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     with pd.option_context("display.width", 200, "display.max_columns", 12):
-        columns = ["model", "group", HEADLINE_COLUMN, "paper (mm)", "Δ (mm)", "grade", "weights"]
+        columns = ["model", "group", HEADLINE_COLUMN, "paper (mm)", "Δ (mm)", "grade", "data", "weights"]
         print(consolidated.leaderboard[columns].to_string(index=False) if consolidated.results else "no valid result")
     for problem in consolidated.problems:
         print(f"problem: {problem}")

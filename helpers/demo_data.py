@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from . import atomic
 from .geometry import camera_to_pixel, process_bboxes, world_to_camera
+from .h36m import GENERATED_INFO_KEY, GENERATED_MARKER_FILE
 from .protocol import ACTION_NAMES, EVAL_JOINTS, FIRST_ACTION_IDX, FRAME_STRIDE, SKELETON
 
 # ----------------------------------------------------------------------------------------------------
@@ -57,7 +58,8 @@ ANNOTATION_SUBDIR = ("annotations (1)", "annotations")
 # Image folders as on Kaggle; S11's is nested one level deeper so layout discovery is exercised.
 IMAGE_SUBDIRS = {9: ("S9_ACT2_16",), 11: ("S11_ACT2_16", "S11_ACT2_16")}
 BBOX_ROOT_FILE = "bbox_root_human36m_output.json"
-README_FILE = "DEMO_DATA.md"  # also the marker that lets a rerun replace the folder
+README_FILE = GENERATED_MARKER_FILE  # says the data is generated; also lets a rerun replace the folder
+GENERATOR = "helpers.demo_data"  # the data files' info.generated_by
 JPEG_QUALITY = 90
 
 # Public Human3.6M calibration (3DMPPE camera files): X_cam = R . X_world + t (mm), pinhole f, c (px).
@@ -541,8 +543,10 @@ def _write_subject(staging: Path, subject: int, seed: int, frames: int, progress
                         bbox_root.append(_detection(next_id, bbox, width, height, joint_cam[0], noise_rng))
                     next_id += 1
                     progress.update(1)
+    info = {GENERATED_INFO_KEY: GENERATOR, "seed": seed, "frames": frames,
+            "description": "GENERATED, SYNTHETIC data in the 3DMPPE Human3.6M format; not Human3.6M footage"}
     atomic.write_json(annotation_dir / f"Human36M_subject{subject}_data.json",
-                      {"images": images, "annotations": annotations}, indent=None)
+                      {"info": info, "images": images, "annotations": annotations}, indent=None)
     atomic.write_json(annotation_dir / f"Human36M_subject{subject}_camera.json", _camera_json(subject), indent=None)
     atomic.write_json(annotation_dir / f"Human36M_subject{subject}_joint_3d.json", joint_3d, indent=None)
     return len(images), bbox_root

@@ -88,20 +88,47 @@ def find_annotation_dir(root: str | os.PathLike) -> Path:
     if not candidates:
         raise DataError(f"no Human36M_subject*_data.json found under {root} (searched {visited} folders, "
                         f"{ANNOTATION_SEARCH_DEPTH} levels deep, e.g. 'annotations (1)/annotations/'); "
-                        "point --annotations at the Human3.6M annotation folder or a folder above it")
+                        "give the Human3.6M annotation folder or a folder above it")
     return min(candidates)[3]
 
 
 
+# Generated (synthetic) data in the Human3.6M format says so twice, so that it is recognised wherever it is copied:
+# a marker file at the top of its folder, and an "info" entry in every data file (COCO's place for it).
+GENERATED_MARKER_FILE = "DEMO_DATA.md"
+GENERATED_INFO_KEY = "generated_by"
+
+
+def generated_marker(root: str | os.PathLike, annotation_dir: str | os.PathLike | None = None) -> Path | None:
+    """The generated-data marker file in `root`, or in a folder between the annotation folder and `root` (or up to
+    three levels above the annotation folder); None when there is none."""
+    root = Path(root)
+    folders = [root]
+    if annotation_dir is not None:
+        folder = Path(annotation_dir)
+        for _ in range(4):
+            folders.append(folder)
+            if folder == root or folder.parent == folder:
+                break
+            folder = folder.parent
+    for folder in folders:
+        if (folder / GENERATED_MARKER_FILE).is_file():
+            return folder / GENERATED_MARKER_FILE
+    return None
+
+
 def find_real_annotations(roots) -> tuple[Path, Path] | None:
-    """(root, annotation folder) of the first of `roots` that holds Human3.6M annotations; None when none does.
+    """(root, annotation folder) of the first of `roots` that holds Human3.6M annotations that are not marked as
+    generated; None when none does.
 
     The one test of "is real data attached" (the runner's DEMO "auto" and the batch's demo settings)."""
     for root in roots:
         try:
-            return Path(root), find_annotation_dir(root)
+            annotation_dir = find_annotation_dir(root)
         except DataError:
             continue
+        if generated_marker(root, annotation_dir) is None:
+            return Path(root), annotation_dir
     return None
 
 def _sequence_dirs(folder: Path) -> set[str]:
@@ -181,6 +208,12 @@ class TestSet:
     bbox_root_file: Path | None = None
     dropped_empty_boxes: list[int] = field(default_factory=list)  # image ids whose GT box was empty
     aspect_ratio: float = 1.0  # width / height of every box in `bbox`: the model's input aspect ratio
+    generated_by: str | None = None  # the data files' "info" entry naming their generator; None for real data
+
+    @property
+    def generated(self) -> bool:
+        """True when the annotation files say they were generated (synthetic data in the Human3.6M format)."""
+        return self.generated_by is not None
 
     def __len__(self) -> int:
         return len(self.image_id)
@@ -296,6 +329,8 @@ def _load_subject(annotation_dir: Path, subject: int, stride: int) -> dict:
         raise DataError(f"{paths['data']} has no 'images' and 'annotations' lists; it is not a 3DMPPE "
                         "Human3.6M data file - download the annotations again")
     images, anns = data["images"], data["annotations"]
+    info = data.get("info")
+    generated_by = info.get(GENERATED_INFO_KEY) if isinstance(info, dict) else None
     image_ids = _column(images, "id", paths["data"])
     frame_idx = _column(images, "frame_idx", paths["data"])
     ann_image_ids = _column(anns, "image_id", paths["data"])
@@ -352,7 +387,7 @@ def _load_subject(annotation_dir: Path, subject: int, stride: int) -> dict:
         R[sel], t[sel], out["f"][sel], out["c"][sel] = Rc, tc, fc, cc
     out["joint_cam"] = world_to_camera(world, R, t)
     out["subject"] = np.full(n, subject, dtype=np.int64)
-    return out
+    return out, (str(generated_by) if generated_by else None)
 
 
 def load_test_set(annotation_dir: str | os.PathLike, protocol: int = 2,
@@ -382,7 +417,9 @@ def load_test_set(annotation_dir: str | os.PathLike, protocol: int = 2,
                         f"(subjects {list(subjects)}): missing {len(missing)} file(s): {_first(missing, 6)}; "
                         "add the 3DMPPE annotation files of every test subject")
 
-    parts = [_load_subject(annotation_dir, s, spec.frame_stride) for s in subjects]
+    loaded = [_load_subject(annotation_dir, s, spec.frame_stride) for s in subjects]
+    parts = [part for part, _ in loaded]
+    generated_by = next((by for _, by in loaded if by), None)
     cat = {key: (sum((p[key] for p in parts), []) if key == "file_name" else np.concatenate([p[key] for p in parts]))
            for key in parts[0]}
     if len(cat["image_id"]) == 0:
@@ -422,6 +459,7 @@ def load_test_set(annotation_dir: str | os.PathLike, protocol: int = 2,
         f=arrays["f"], c=arrays["c"], bbox_source=source, annotation_dir=annotation_dir,
         gt_root_cam=gt_root[keep], gt_bbox=arrays["gt_bbox"], subjects=subjects,
         bbox_root_file=bbox_root_file, dropped_empty_boxes=dropped, aspect_ratio=aspect_ratio,
+        generated_by=generated_by,
     )
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from .atomic import write_json
 from .consolidate import FILE_NAMES as REPORT_FILE_NAMES
 from .consolidate import SNAPSHOT_FILE_NAMES
-from .report import MODEL_PLOT_FILE_NAMES, is_random_demo
+from .report import MODEL_PLOT_FILE_NAMES, markers
 from .results import RESULT_FILE
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -141,9 +141,10 @@ def resolve_owner(owner: str | None = None) -> str | None:
 
 
 def build_metadata(owner: str | None, slug: str | None = None, title: str | None = None,
-                   license_name: str | None = None, any_random_demo: bool = False,
+                   license_name: str | None = None, warnings: tuple[str, ...] = (),
                    template: Path = RESULTS_TEMPLATE) -> dict:
-    """The results template with owner, slug, title and license filled in; validated."""
+    """The results template with owner, slug, title and license filled in; validated. `warnings` (report.markers
+    of the results: random demo weights, generated data) head the description."""
     try:
         meta = json.loads(Path(template).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -154,9 +155,9 @@ def build_metadata(owner: str | None, slug: str | None = None, title: str | None
         meta["title"] = title
     if license_name:
         meta["licenses"] = [{"name": license_name}]
-    if any_random_demo:
-        meta["description"] = ("**WARNING: some results in this dataset come from RANDOM DEMO WEIGHTS; their numbers "
-                               "are meaningless (see REPORT.md).**\n\n" + meta.get("description", ""))
+    if warnings:
+        meta["description"] = (f"**WARNING: some results in this dataset carry {'; '.join(warnings)} "
+                               "(see REPORT.md).**\n\n" + meta.get("description", ""))
     validate_metadata(meta)
     return meta
 
@@ -204,12 +205,17 @@ def _walk(root: Path):
         yield path
 
 
-def _is_random_demo_file(path: Path) -> bool:
-    try:
-        result = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False  # an unreadable result is staged as it is; the consolidated report lists it as a problem
-    return isinstance(result, dict) and is_random_demo(result)
+def _warnings_of(paths) -> tuple[str, ...]:
+    """The markers (random demo weights, generated data) of the results in `paths`."""
+    results = []
+    for path in paths:
+        try:
+            result = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue  # an unreadable result is staged as it is; the consolidated report lists it as a problem
+        if isinstance(result, dict):
+            results.append(result)
+    return tuple(markers(*results))
 
 
 def _prepare_stage_dir(stage_dir: Path) -> None:
@@ -237,7 +243,7 @@ def stage(results_dir, stage_dir, runs_dir=None, *, owner=None, slug=None, title
     if not results:
         raise PublishError(f"no result.json under {results_dir}: nothing to publish")
     metadata = build_metadata(resolve_owner(owner), slug, title, license_name,
-                              any_random_demo=any(_is_random_demo_file(p) for p in results))
+                              warnings=_warnings_of(results))
 
     max_bytes = int(max_file_mb * 2**20)
     sources: list[tuple[Path, Path]] = [(p, Path("results") / p.relative_to(results_dir))

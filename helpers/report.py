@@ -19,6 +19,7 @@ from .protocol import (ACTION_NAMES, EVAL_JOINT_NAMES, HEADLINE_METRICS, JOINT_N
 from .result_schema import validate_result
 
 DEMO_MARKER = "RANDOM DEMO WEIGHTS — numbers are meaningless"
+GENERATED_MARKER = "GENERATED DATA — not Human3.6M, not comparable with papers"
 
 POSE_METRIC_LABELS: dict[str, str] = {k: METRIC_LABELS[k] for k in POSE_METRICS}
 HEADLINE_LABELS: dict[str, str] = {k: METRIC_LABELS[k] for k in HEADLINE_METRICS}
@@ -36,6 +37,29 @@ _GRADES: tuple[tuple[float, str], ...] = ((1.0, "excellent"), (2.0, "very good")
 # ----------------------------------------------------------------------------------------------- helpers
 def is_random_demo(result: dict) -> bool:
     return (result.get("weights") or {}).get("kind") == "random_demo"
+
+
+def is_generated_data(result: dict) -> bool:
+    """Evaluated on generated (synthetic) data: the `data` block, or for older results `settings.demo_data`."""
+    data = result.get("data")
+    if isinstance(data, dict) and "kind" in data:
+        return data["kind"] == "generated"
+    return bool((result.get("settings") or {}).get("demo_data"))
+
+
+def markers(*results: dict) -> list[str]:
+    """The warnings the numbers of `results` carry: random weights, generated data (in that order)."""
+    found = []
+    if any(is_random_demo(r) for r in results):
+        found.append(DEMO_MARKER)
+    if any(is_generated_data(r) for r in results):
+        found.append(GENERATED_MARKER)
+    return found
+
+
+def banner(*results: dict) -> str | None:
+    """One line of every warning of `results`, for tables and figures; None when there is none."""
+    return " | ".join(markers(*results)) or None
 
 
 def model_label(result: dict, fallback: str = "model") -> str:
@@ -63,24 +87,29 @@ def setting_label(result: dict) -> str:
 
 def _mark_table(frame: pd.DataFrame, result: dict) -> pd.DataFrame:
     """The column-axis name is printed above the index in every DataFrame display: a visible marker."""
-    if is_random_demo(result):
-        frame.columns.name = DEMO_MARKER
+    text = banner(result)
+    if text:
+        frame.columns.name = text
     return frame
 
 
-def mark_figure(fig, demo: bool) -> None:
-    """A red banner across the top of `fig` when its numbers come from random demo weights."""
-    if demo:
+def mark_figure(fig, text: str | bool | None) -> None:
+    """A red banner across the top of `fig` saying what its numbers are not (`banner(...)`; True: random demo
+    weights); nothing when `text` is empty."""
+    if text is True:
+        text = DEMO_MARKER
+    if text:
         # above everything already drawn (titles may reach past the top edge); call after any layout change
         top = max(1.0, fig.get_tightbbox().y1 / fig.get_figheight())
-        fig.text(0.5, top + 0.01, DEMO_MARKER, ha="center", va="bottom", color="white", fontsize=11, weight="bold",
+        fig.text(0.5, top + 0.01, text, ha="center", va="bottom", color="white", fontsize=11, weight="bold",
                  bbox=dict(facecolor="red", edgecolor="red", boxstyle="round,pad=0.3"))
 
 
 def _title(result: dict, what: str) -> str:
     title = f"{model_label(result)}: {what}\n{setting_label(result)}"
-    if is_random_demo(result):
-        title += f"\n[{DEMO_MARKER}]"
+    text = banner(result)
+    if text:
+        title += f"\n[{text}]"
     return title
 
 
@@ -151,14 +180,16 @@ def paper_comparison(result: dict, spec) -> pd.DataFrame:
             value = by_source.get(conv["bbox_source"])
         rows.append((label, result["metrics"][metric]["total"], value))
 
-    demo = is_random_demo(result)
+    demo, generated = is_random_demo(result), is_generated_data(result)
     partial_note = (f" (partial run: {result['num_samples']} of {result['num_expected']} samples)"
                     if result.get("partial") else "")
     records = []
     for metric_label, measured, published in rows:
         delta = None if published is None else float(measured) - float(published)
-        if demo:
-            grade = "n/a: random demo weights" + ("; another protocol" if conv.get("protocol_note") else "")
+        if demo or generated:
+            grade = "n/a: " + " and ".join(what for what, flag in (("random demo weights", demo),
+                                                                    ("generated data", generated)) if flag)
+            grade += "; another protocol" if conv.get("protocol_note") else ""
         elif delta is None:
             grade = no_paper_reason
         else:
@@ -236,6 +267,8 @@ def format_table(result: dict) -> str:
         lines.append(f"SKIPPED: {result['skipped_images']['count']} test images were missing")
     if is_random_demo(result):
         lines.append("RANDOM DEMO WEIGHTS: these numbers say nothing about the model")
+    if is_generated_data(result):
+        lines.append("GENERATED DATA: synthetic data in the Human3.6M format; not comparable with published results")
     frame = per_action_frame(result, subjects=True)
     if result["kind"] == "root":
         mrpe = result["metrics"]["mrpe"]
@@ -276,7 +309,7 @@ def plot_per_action(result: dict, ax=None):
     fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(12, 4.5))
     _bar_chart(frame, columns, ax, "error (mm)")
     ax.set_title(_title(result, "per-action error"), fontsize=10)
-    mark_figure(fig, is_random_demo(result))
+    mark_figure(fig, banner(result))
     return fig
 
 
@@ -286,7 +319,7 @@ def plot_per_joint(result: dict, ax=None):
     fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(12, 4.5))
     _bar_chart(frame, list(frame.columns), ax, "error (mm)")
     ax.set_title(_title(result, "per-joint error"), fontsize=10)
-    mark_figure(fig, is_random_demo(result))
+    mark_figure(fig, banner(result))
     return fig
 
 
@@ -376,7 +409,11 @@ def plot_sample_2d(crop_image, coords_2d, skeleton=SKELETON, ax=None, title: str
     for a, b in skeleton:
         if a < len(coords) and b < len(coords):
             ax.plot(coords[[a, b], 0], coords[[a, b], 1], color=_bone_color(a, b), linewidth=2)
-    ax.scatter(coords[:, 0], coords[:, 1], s=10, c="yellow", edgecolors="black", linewidths=0.5, zorder=3)
+    # one point is a root model's prediction (RootNet): drawn larger, and the legend says what the points are
+    single = len(coords) == 1
+    ax.scatter(coords[:, 0], coords[:, 1], s=80 if single else 10, c="yellow", edgecolors="black", linewidths=0.5,
+               zorder=3, label="predicted root" if single else "predicted joints")
+    ax.legend(loc="lower right", fontsize=7, framealpha=0.7, handletextpad=0.3, borderpad=0.3)
     ax.set_xlim(0, image.shape[2] - 1)
     ax.set_ylim(image.shape[1] - 1, 0)
     ax.axis("off")
@@ -393,6 +430,13 @@ def _draw_skeleton_3d(ax, pose: np.ndarray, skeleton, colored: bool, **style) ->
             ax.plot(pose[[a, b], 0], pose[[a, b], 2], -pose[[a, b], 1], color=color, **style)
 
 
+def _axis_ticks(extent: float) -> list[float]:
+    """-r, 0, r with r a round number of mm inside `extent`."""
+    step = 10 ** np.floor(np.log10(extent))
+    r = np.floor(extent / step) * step
+    return [-float(r), 0.0, float(r)]
+
+
 def plot_sample_3d(pred_cam, gt_cam, ax=None, skeleton=SKELETON, title: str | None = None):
     """Root-relative 3D skeletons: prediction coloured left (blue) / right (red), ground truth black dashed. mm."""
     pred = _as_numpy(pred_cam).astype(np.float64)
@@ -406,13 +450,16 @@ def plot_sample_3d(pred_cam, gt_cam, ax=None, skeleton=SKELETON, title: str | No
     _draw_skeleton_3d(ax, gt, skeleton, colored=False, linewidth=1, linestyle="--")
     _draw_skeleton_3d(ax, pred, skeleton, colored=True, linewidth=2)
     extent = max(float(np.abs(np.concatenate([pred, gt])).max()), 1.0)
-    ax.set_xlim(-extent, extent)
-    ax.set_ylim(-extent, extent)
-    ax.set_zlim(-extent, extent)
+    ticks = _axis_ticks(extent)
+    for set_lim, set_ticks in ((ax.set_xlim, ax.set_xticks), (ax.set_ylim, ax.set_yticks),
+                               (ax.set_zlim, ax.set_zticks)):
+        set_lim(-extent, extent)
+        set_ticks(ticks)  # three ticks per axis: the default six collide in a small 3D panel
+    ax.tick_params(labelsize=6, pad=0)
     ax.set_box_aspect((1, 1, 1))
-    ax.set_xlabel("X (mm)")
-    ax.set_ylabel("Z depth (mm)")
-    ax.set_zlabel("-Y up (mm)")
+    ax.set_xlabel("X (mm)", fontsize=7, labelpad=-2)
+    ax.set_ylabel("Z depth (mm)", fontsize=7, labelpad=-2)
+    ax.set_zlabel("-Y up (mm)", fontsize=7, labelpad=-2)
     ax.view_init(elev=10, azim=-70)
     if title:
         ax.set_title(title, fontsize=9)
@@ -442,10 +489,9 @@ def plot_qualitative_samples(crops, coords_2d, pred_cam=None, gt_cam=None, title
         if with_3d:
             ax3d = fig.add_subplot(n, 2, i * 2 + 2, projection="3d")
             plot_sample_3d(pred_cam[i], gt_cam[i], ax=ax3d, title="prediction (colour) vs ground truth (dashed)")
-    demo = result is not None and is_random_demo(result)
+    text = banner(result) if result is not None else None
     if result is not None:
-        fig.suptitle(f"{model_label(result)}: qualitative samples" + (f"\n[{DEMO_MARKER}]" if demo else ""),
-                     fontsize=10)
+        fig.suptitle(f"{model_label(result)}: qualitative samples" + (f"\n[{text}]" if text else ""), fontsize=10)
     fig.tight_layout()
-    mark_figure(fig, demo)
+    mark_figure(fig, text)
     return fig

@@ -75,10 +75,19 @@ def load_per_sample(path: str | Path) -> dict:
     return out
 
 
+WEIGHTS_NOTES = {
+    "random_demo": "random-initialised demo weights: the numbers say nothing about the model",
+    "released": "the released checkpoint the registry lists",
+    "given": "a checkpoint given as CHECKPOINT that the registry does not list",
+}
+GENERATED_DATA_NOTE = "generated data in the Human3.6M format, not Human3.6M: not comparable with published results"
+
+
 def run_blocks(spec, *, checkpoint_info: dict, checkpoint_path, checkpoint_source: str, weights_kind: str,
-               demo: bool, inference: dict | None, params, environment: dict, snapshot: dict | None = None) -> dict:
-    """The blocks of result.json that describe a notebook run (model, weights, checkpoint, environment,
-    settings, and what the engine measured), merged into the evaluation's result by `evaluate(extra=...)`."""
+               data, inference: dict | None, params, environment: dict, snapshot: dict | None = None) -> dict:
+    """The blocks of result.json that describe a notebook run (model, data, weights, checkpoint, environment,
+    settings, and what the engine measured), merged into the evaluation's result by `evaluate(extra=...)`.
+    `data` is the run's `runner.DataSource`."""
     import dataclasses
 
     from .models.registry import get_family
@@ -92,22 +101,22 @@ def run_blocks(spec, *, checkpoint_info: dict, checkpoint_path, checkpoint_sourc
         "input_shape": list(spec.input_shape), "output_shape": list(spec.output_shape),
         "depth_dim": spec.depth_dim, "paper": dataclasses.asdict(spec.paper),
     }
-    weights = {"kind": weights_kind}
-    if weights_kind == "random_demo":
-        weights["note"] = ("random-initialised demo checkpoint" + (" on generated demo data" if demo else "")
-                           + ": the numbers say nothing about the model")
-    elif weights_kind == "unknown":
-        weights["note"] = "a checkpoint given by path or URL that the registry does not list"
+    weights = {"kind": weights_kind, "sha256": info.get("sha256"), "file": str(checkpoint_path)}
+    if weights_kind in WEIGHTS_NOTES:
+        weights["note"] = WEIGHTS_NOTES[weights_kind]
+    data_block = data.to_dict()
+    if data.generated:
+        data_block["note"] = GENERATED_DATA_NOTE
     checkpoint = {"path": str(checkpoint_path), "sha256": info.get("sha256"), "format": info.get("format"),
                   "epoch": info.get("epoch"), "remaps": info.get("remaps") or [], "source": checkpoint_source}
     inference = inference or {}
     settings = dict(inference.get("settings") or {})
     settings.update({"image_limit": params.image_limit, "skip_missing_images": params.skip_missing_images,
-                     "demo_data": demo, "seed": params.seed})
+                     "demo_data": data.generated, "seed": params.seed})
     for key in ("batch_size", "precision", "device", "world_size", "flip_test", "channels_last"):
         settings.setdefault(key, getattr(params, key, None))
-    blocks = {"model": model_block, "weights": weights, "checkpoint": checkpoint, "environment": environment,
-              "settings": settings}
+    blocks = {"model": model_block, "data": data_block, "weights": weights, "checkpoint": checkpoint,
+              "environment": environment, "settings": settings}
     for key in ("precision_check", "crop_cache", "decode_check"):  # what the engine measured
         if inference.get(key) is not None:
             blocks[key] = inference[key]

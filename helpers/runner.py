@@ -9,9 +9,15 @@ A notebook is a thin narrative of calls:
 
 `prepare` checks everything before any inference: the model and variant, the data root (and what was
 searched), the test images (count and first missing paths, and the skip option), the bbox_root file and the
-checkpoint (strict load; real data never falls back to random weights). Demo mode (`demo="auto"` when nothing real is found, or `demo=True`) generates
-the demo dataset and random-initialised checkpoints once into the cache folder and stamps every result
-`weights.kind = "random_demo"`, so every table and report says the numbers mean nothing.
+checkpoint (strict load; real data never falls back to random weights).
+
+Data and weights are two separate facts, and every output states both. Data: real Human3.6M, or generated
+(synthetic data in the same format: `DEMO = True`, `DEMO = "auto"` with no real data found, or a DATA_ROOT that
+holds generated data, recognised by its marker file or its annotation files' `info.generated_by`). Weights: the
+CHECKPOINT given (on any data, so that your own weights can be smoke-tested without Human3.6M), else random demo
+weights on generated data, else the released checkpoint. The demo data and random-initialised checkpoints are
+written once into the cache folder; random weights stamp the result `weights.kind = "random_demo"` and generated
+data `data.kind = "generated"`, so every table and report says what the numbers mean.
 
 Outputs go to `<output_dir>/<model_id>/`: `result.json` (helpers/README.md schema), `predictions.npz`,
 per-action/per-joint CSV and PNG, the paper comparison, qualitative samples, and for RootNet a RootNet-format
@@ -29,11 +35,16 @@ import pandas as pd
 
 from . import environment as env
 from .display import show
-from .h36m import DataError, find_ids, find_real_annotations
+from .h36m import GENERATED_MARKER_FILE, DataError, find_ids, find_real_annotations, generated_marker
 from .results import BBOX_ROOT_FILE, RESULT_FILE
 
 DEMO_FRAMES = 1  # sampled frames per demo sequence: 239 test samples, small enough for a CPU
-DEMO_DATA_MARKER = "DEMO_DATA.md"
+RANDOM_WEIGHTS_BANNER = ("RANDOM DEMO WEIGHTS: every number this run produces is meaningless; it only shows that the "
+                         "pipeline works.")
+WEIGHTS_LABELS = {"random_demo": "RANDOM DEMO WEIGHTS", "released": "released checkpoint",
+                  "given": "the checkpoint given as CHECKPOINT"}
+GENERATED_DATA_BANNER = ("GENERATED DATA: this run evaluates on synthetic data in the Human3.6M format, not on "
+                         "Human3.6M; its numbers cannot be compared with published results.")
 QUALITATIVE_FILE_NAME = "qualitative_samples.png"
 QUALITATIVE_COUNT = 4
 
@@ -137,8 +148,8 @@ class RunParams:
                                            "None: all")
     output_dir: str | None = _param(None, "None: /kaggle/working/outputs on Kaggle, else <repo>/outputs; files go "
                                           "to OUTPUT_DIR/<model_id>/")
-    demo: str | bool = _param("auto", "\"auto\": generated demo data and random weights when no real data is "
-                                      "found; True: always; False: never")
+    demo: str | bool = _param("auto", "\"auto\": the generated demo data when no real data is found; True: "
+                                      "always; False: never. On generated data without CHECKPOINT: random weights")
     skip_missing_images: bool = _param(False, "True: run the images that exist and record the missing ones in "
                                               "result.json")
     seed: int = _param(0, "demo data and any randomness")
@@ -184,9 +195,9 @@ class RunParams:
             raise ConfigError(f"BBOX_ROOT is set ({self.bbox_root}) but USE_GT_INFO is True, which uses the "
                               "ground-truth box and root; set USE_GT_INFO = False to use the detected boxes "
                               "and roots of BBOX_ROOT, or BBOX_ROOT = None")
-        if self.demo is True and (self.data_root or self.checkpoint):
-            raise ConfigError("DEMO = True uses the generated demo data and random demo weights, but DATA_ROOT or "
-                              "CHECKPOINT is set; set DEMO = \"auto\" (or False) to use them")
+        if self.demo is True and self.data_root:
+            raise ConfigError(f"DEMO = True runs on the generated demo data, but DATA_ROOT is set ({self.data_root}); "
+                              "set DEMO = \"auto\" (or False) to use DATA_ROOT, or DATA_ROOT = None")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -202,7 +213,7 @@ def ensure_demo_data(cache_dir: Path, seed: int = 0, frames: int = DEMO_FRAMES) 
     from . import demo_data
 
     target = demo_root(cache_dir) / f"data_seed{seed}_frames{frames}"
-    if (target / DEMO_DATA_MARKER).is_file():
+    if (target / GENERATED_MARKER_FILE).is_file():
         return target
     print(f"generating the demo dataset (seed {seed}, {frames} frame(s) per sequence) into {target} ...")
     demo_data.generate(target, seed=seed, frames=frames, show_progress=False)
@@ -231,14 +242,40 @@ def _spread(indices: np.ndarray, limit: int | None) -> np.ndarray:
     return np.asarray(indices)[picks]
 
 
+@dataclass(frozen=True)
+class DataSource:
+    """Where a run's data comes from and what it is: real Human3.6M, or generated (synthetic, same format)."""
+
+    root: Path
+    annotation_dir: Path
+    generated: bool
+    chosen_by: str  # how this data was chosen, in the notebook's parameters
+    evidence: str | None = None  # what says the data is generated (marker file, the files' info entry)
+
+    @property
+    def kind(self) -> str:
+        return "generated" if self.generated else "real"
+
+    def describe(self) -> str:
+        if self.generated:
+            return f"GENERATED data (synthetic, Human3.6M format; {self.evidence})"
+        return "real Human3.6M data"
+
+    def to_dict(self) -> dict:
+        block = {"kind": self.kind, "root": str(self.root), "annotation_dir": str(self.annotation_dir),
+                 "chosen_by": self.chosen_by}
+        if self.evidence:
+            block["evidence"] = self.evidence
+        return block
+
+
 @dataclass
 class Run:
     """A checked run: built by `prepare`, then driven cell by cell."""
 
     params: RunParams
     spec: object  # models.registry.ModelSpec
-    demo: bool
-    data_root: Path
+    data: DataSource
     annotation_dir: Path
     test_set: object  # h36m.TestSet: every test sample of the protocol
     image_check: object  # h36m.ImageCheck on the full test set
@@ -267,6 +304,14 @@ class Run:
         return self.spec.model_id
 
     @property
+    def data_root(self) -> Path:
+        return self.data.root
+
+    @property
+    def generated_data(self) -> bool:
+        return self.data.generated
+
+    @property
     def is_root_model(self) -> bool:
         return self.spec.kind == "root"
 
@@ -290,7 +335,8 @@ class Run:
     def data_summary(self) -> pd.DataFrame:
         ts = self.test_set
         rows = [
-            ("mode", "DEMO: generated synthetic data" if self.demo else "real data"),
+            ("data", self.data.describe()),
+            ("chosen by", self.data.chosen_by),
             ("data root", str(self.data_root)),
             ("annotation folder", str(self.annotation_dir)),
             ("image roots", ", ".join(str(p) for p in self.image_check.image_roots)),
@@ -308,6 +354,8 @@ class Run:
         for note in self.notes:
             rows.append(("note", note))
         frame = pd.DataFrame(rows, columns=["item", "value"]).set_index("item")
+        if self.generated_data:
+            print(GENERATED_DATA_BANNER)
         per_action = pd.Series(self.eval_set.action_names()).value_counts()
         print(f"{len(self.selected)} samples over {len(per_action)} actions will be run")
         return frame
@@ -316,8 +364,7 @@ class Run:
         info = self.checkpoint_info
         spec = self.spec
         rows = [
-            ("weights", self.weights_kind.upper().replace("_", " ") if self.weights_kind == "random_demo"
-             else self.weights_kind),
+            ("weights", WEIGHTS_LABELS.get(self.weights_kind, self.weights_kind)),
             ("path", str(self.checkpoint_path)),
             ("source", self.checkpoint_source),
             ("format", info.get("format")),
@@ -334,8 +381,7 @@ class Run:
             ("depth extent (mm)", spec.depth_extent_mm),
         ]
         if self.weights_kind == "random_demo":
-            print("RANDOM DEMO WEIGHTS: every number this run produces is meaningless; "
-                  "it only shows that the pipeline works.")
+            print(RANDOM_WEIGHTS_BANNER)
         return pd.DataFrame(rows, columns=["item", "value"]).set_index("item")
 
     def inference_config(self):
@@ -403,7 +449,7 @@ class Run:
         from .results import run_blocks
 
         return run_blocks(self.spec, checkpoint_info=self.checkpoint_info, checkpoint_path=self.checkpoint_path,
-                          checkpoint_source=self.checkpoint_source, weights_kind=self.weights_kind, demo=self.demo,
+                          checkpoint_source=self.checkpoint_source, weights_kind=self.weights_kind, data=self.data,
                           inference=self.inference, params=self.params,
                           environment=self.environment_info or env.environment_report(), snapshot=self.snapshot)
 
@@ -541,10 +587,6 @@ class Run:
         fig = report.plot_qualitative_samples(
             crops, coords_2d, pred_cam=None if self.is_root_model else pred_cam,
             gt_cam=None if self.is_root_model else gt_cam, titles=titles, result=result)
-        if self.is_root_model:
-            for ax in fig.axes:  # a single root point and no skeleton: make the point visible
-                for points in ax.collections:
-                    points.set_sizes([80])
         self.files["qualitative_png"] = report.save_figure(fig, self.output_dir / QUALITATIVE_FILE_NAME)
         show(fig)
         plt.close(fig)
@@ -578,13 +620,18 @@ def environment_table() -> pd.DataFrame:
 
 
 # ----------------------------------------------------------------------------------------------- prepare
-def _resolve_data(params: RunParams, cache_dir: Path, demo: bool) -> tuple[Path, Path, str | None]:
-    """(data root, annotation folder, default bbox_root file of the data) for this run."""
+def _resolve_data(params: RunParams, cache_dir: Path) -> DataSource:
+    """The data of this run: DEMO = True: the generated demo data; DATA_ROOT; else real data under the input roots;
+    else (DEMO "auto") the generated demo data. Generated data is recognised by its marker file wherever it is."""
     from .h36m import find_annotation_dir
 
-    if demo:
+    def demo_data(chosen_by: str) -> DataSource:
         root = ensure_demo_data(cache_dir, seed=params.seed)
-        return root, find_annotation_dir(root), str(root / BBOX_ROOT_FILE)
+        return DataSource(root, find_annotation_dir(root), True, chosen_by,
+                          f"the demo set generated by helpers.demo_data, seed {params.seed}")
+
+    if params.demo is True:
+        return demo_data("DEMO = True")
     if params.data_root is not None:
         root = Path(params.data_root).expanduser()
         if not root.is_dir():
@@ -592,16 +639,21 @@ def _resolve_data(params: RunParams, cache_dir: Path, demo: bool) -> tuple[Path,
                             "holding the Human3.6M annotations and images (or a folder above them), or None to "
                             "search the input roots")
         try:
-            return root, find_annotation_dir(root), None
+            annotation_dir = find_annotation_dir(root)
         except DataError as exc:
             raise DataError(f"DATA_ROOT {root}: {exc}") from None
+        marker = generated_marker(root, annotation_dir)
+        return DataSource(root, annotation_dir, marker is not None, "DATA_ROOT",
+                          f"marked by {marker}" if marker else None)
     roots = env.default_input_roots()
     found = find_real_annotations(roots)
-    if found is None:
-        searched = ", ".join(str(r) for r in roots) or "none exists (no /kaggle/input, no <repo>/data)"
-        raise DataError(f"no Human3.6M annotations (Human36M_subject*_data.json) under the input roots: {searched}; "
-                        "set DATA_ROOT, attach the dataset, or set DEMO = \"auto\"/True to run the demo")
-    return found[0], found[1], None
+    if found is not None:
+        return DataSource(found[0], found[1], False, f"found under the input roots ({', '.join(map(str, roots))})")
+    if params.demo == "auto":
+        return demo_data("DEMO = \"auto\" and no real Human3.6M data under the input roots")
+    searched = ", ".join(str(r) for r in roots) or "none exists (no /kaggle/input, no <repo>/data)"
+    raise DataError(f"no Human3.6M annotations (Human36M_subject*_data.json) under the input roots: {searched}; "
+                    "set DATA_ROOT, attach the dataset, or set DEMO = \"auto\" to run on the generated demo data")
 
 
 def _registry_file_names(spec) -> set[str]:
@@ -609,11 +661,11 @@ def _registry_file_names(spec) -> set[str]:
 
 
 def _weights_kind(given: str | None, path: Path, spec) -> str:
-    """"released" for the registry's files (found by name, or its Drive ids), "unknown" for anything else."""
+    """"released" for the registry's files (found by name, or its Drive ids), "given" for any other CHECKPOINT."""
     if given is None or path.name in _registry_file_names(spec):
         return "released"
     drive_ids = {i for s in spec.checkpoints for i in (s.drive_id, s.drive_folder) if i}
-    return "released" if any(i in given for i in drive_ids) else "unknown"
+    return "released" if any(i in given for i in drive_ids) else "given"
 
 
 def _registry_download_source(spec) -> str | None:
@@ -648,10 +700,12 @@ def _acquire(params: RunParams, spec, cache_dir: Path, search_roots: list[Path])
         return Path(acquire_checkpoint(download, model_id=spec.model_id, cache_dir=downloads)), download
 
 
-def _resolve_checkpoint(params: RunParams, spec, cache_dir: Path, demo: bool, data_root: Path,
+def _resolve_checkpoint(params: RunParams, spec, cache_dir: Path, data: DataSource,
                         notes: list[str]) -> tuple[Path, str, str]:
-    """(checkpoint path, where it came from, weights kind)."""
-    if demo:
+    """(checkpoint path, where it came from, weights kind): CHECKPOINT when set, on any data; else random demo
+    weights on generated data; else the released checkpoint (real data never falls back to random weights)."""
+    data_root = data.root
+    if params.checkpoint is None and data.generated:
         return ensure_demo_checkpoint(cache_dir, spec.model_id, params.seed), "demo (random-initialised)", "random_demo"
     from .acquire import AcquireError
     from .models.checkpoint import CheckpointError
@@ -663,7 +717,7 @@ def _resolve_checkpoint(params: RunParams, spec, cache_dir: Path, demo: bool, da
         # Real data never silently falls back to random weights: that would print numbers that mean nothing.
         advice = "" if params.checkpoint is not None else (
             "; set CHECKPOINT to a path, URL or Google Drive id (or attach the file under /kaggle/input), "
-            "or DEMO = True to run the embedded demo instead")
+            "or DEMO = True to run on the generated demo data instead")
         raise CheckpointUnavailable(f"no checkpoint for {spec.model_id}: {exc}{advice}") from None
     return path, source, _weights_kind(params.checkpoint, path, spec)
 
@@ -687,13 +741,10 @@ def prepare(params: RunParams):
     spec = get_spec(params.model_id)
     cache_dir = Path(params.cache_dir).expanduser() if params.cache_dir else env.default_cache_dir()
     notes: list[str] = []
-    if params.demo == "auto" and params.data_root is None and params.checkpoint is None:
-        demo = find_real_annotations(env.default_input_roots()) is None
-        if demo:
-            notes.append("no real data under the input roots: DEMO mode (generated data, random demo weights)")
-    else:
-        demo = params.demo is True
-    data_root, annotation_dir, demo_bbox_root = _resolve_data(params, cache_dir, demo)
+    data = _resolve_data(params, cache_dir)
+    data_root, annotation_dir = data.root, data.annotation_dir
+    demo_bbox_root = str(data_root / BBOX_ROOT_FILE) if data.generated and (data_root / BBOX_ROOT_FILE).is_file() \
+        else None
 
     bbox_root = None
     if not params.use_gt_info:
@@ -709,6 +760,11 @@ def prepare(params: RunParams):
                              aspect_ratio=spec.aspect_ratio)
     if spec.protocol_note:
         notes.append(spec.protocol_note)
+    if test_set.generated and not data.generated:  # the annotation files say so, wherever they were copied to
+        data = dataclasses.replace(data, generated=True,
+                                   evidence=f"the annotation files' info.generated_by = {test_set.generated_by!r}")
+    if data.generated:
+        notes.append(f"{data.describe()}: the numbers are not Human3.6M results")
 
     if params.image_limit is None:
         image_check = check_images(test_set, [data_root], skip_missing=params.skip_missing_images)
@@ -724,7 +780,7 @@ def prepare(params: RunParams):
                             "SKIP_MISSING_IMAGES = True to run the images that exist and record the others")
     image_paths = [image_check.paths[i] for i in selected]
 
-    checkpoint_path, source, weights_kind = _resolve_checkpoint(params, spec, cache_dir, demo, data_root, notes)
+    checkpoint_path, source, weights_kind = _resolve_checkpoint(params, spec, cache_dir, data, notes)
     model, info = load_checkpoint(checkpoint_path, model_id=spec.model_id)
     info = info.to_dict()
     if info.get("is_random_demo") and weights_kind != "random_demo":
@@ -732,14 +788,15 @@ def prepare(params: RunParams):
         weights_kind = "random_demo"
     output_root = Path(params.output_dir).expanduser() if params.output_dir else env.default_output_dir()
     output_dir = output_root / spec.model_id
-    run = Run(params=params, spec=spec, demo=demo, data_root=data_root, annotation_dir=annotation_dir,
+    run = Run(params=params, spec=spec, data=data, annotation_dir=annotation_dir,
               test_set=test_set, image_check=image_check, selected=np.asarray(selected), image_paths=image_paths,
               checkpoint_path=checkpoint_path, checkpoint_source=source, weights_kind=weights_kind, model=model,
               checkpoint_info=info, output_dir=output_dir, cache_dir=cache_dir, notes=notes, started=started)
     for note in notes:
         print(f"NOTE: {note}")
-    print(f"{spec.model_id}: {len(selected)} of {len(test_set)} protocol-{params.protocol} test samples, "
-          f"checkpoint {checkpoint_path.name} ({weights_kind}), outputs -> {output_dir}")
+    print(f"{spec.model_id}: {len(selected)} of {len(test_set)} protocol-{params.protocol} test samples of "
+          f"{data.describe()}; weights: {WEIGHTS_LABELS.get(weights_kind, weights_kind)} ({checkpoint_path.name}); "
+          f"outputs -> {output_dir}")
     return run
 
 

@@ -132,7 +132,7 @@ class Sweep:
         frame = self.snapshot_table()
         self.files["snapshots_csv"] = write_text(self.output_dir / SWEEP_CSV, frame.to_csv(index=False,
                                                                                             float_format="%.4f"))
-        fig = comparisons.plot_snapshots(frame, any(report.is_random_demo(r.result) for r in self.runs))
+        fig = comparisons.plot_snapshots(frame, report.banner(*(r.result for r in self.runs)))
         try:
             self.files["snapshots_png"] = report.save_figure(fig, self.output_dir / SWEEP_PNG)
         finally:

@@ -77,7 +77,9 @@ def test_layout_and_info(demo):
 def test_annotation_format_matches_golden(demo, golden):
     for s in SUBJECTS:
         data, g_data = _load(demo.root, s, "data"), golden[s]["data"]
-        assert set(data) == set(g_data) == {"images", "annotations"}
+        # the real files' two lists, plus COCO's "info" entry that says the data is generated
+        assert set(g_data) == {"images", "annotations"} and set(data) == {"images", "annotations", "info"}
+        assert data["info"]["generated_by"] == "helpers.demo_data" and "not Human3.6M" in data["info"]["description"]
         g_image_types = {k: type(v) for k, v in g_data["images"][0].items()}
         g_ann_types = {k: type(v) for k, v in g_data["annotations"][0].items()}
         for image, ann in zip(data["images"], data["annotations"], strict=True):

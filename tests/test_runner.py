@@ -62,7 +62,7 @@ def test_unknown_model_or_variant_lists_the_valid_ones():
     (dict(demo="maybe"), "DEMO must be"),
     (dict(flip_test="yes"), "FLIP_TEST must be True or False"),
     (dict(bbox_root="x.json"), "set USE_GT_INFO = False"),
-    (dict(demo=True, data_root="/data"), "DEMO = True"),
+    (dict(demo=True, data_root="/data"), "DEMO = True runs on the generated demo data, but DATA_ROOT is set"),
 ])
 def test_bad_parameters_are_refused_with_the_fix(kw, message):
     with pytest.raises(runner.ConfigError, match=message):
@@ -79,14 +79,16 @@ def test_spread_picks_evenly_from_first_to_last():
 # ------------------------------------------------------------------------------------------- demo run
 def test_demo_run_end_to_end(demo_cache, tmp_path, no_input_roots):
     run = runner.prepare(_params(demo_cache, tmp_path, image_limit=6))
-    assert run.demo and run.weights_kind == "random_demo"
+    assert run.generated_data and run.weights_kind == "random_demo"
     assert len(run.selected) == 6 and len(run.image_paths) == 6
     assert run.data_summary().loc["samples run", "value"] == 6
-    assert run.checkpoint_summary().loc["weights", "value"] == "RANDOM DEMO"
+    assert run.data_summary().loc["data", "value"].startswith("GENERATED data")
+    assert run.checkpoint_summary().loc["weights", "value"] == "RANDOM DEMO WEIGHTS"
     assert "python" in run.environment().index
     run.infer()
     per_action = run.evaluate()
-    assert per_action.columns.name == "RANDOM DEMO WEIGHTS — numbers are meaningless"
+    assert per_action.columns.name == ("RANDOM DEMO WEIGHTS — numbers are meaningless | GENERATED DATA — not "
+                                       "Human3.6M, not comparable with papers")
     result_path = run.save()
     run.paper_comparison()
     run.plots()
@@ -96,6 +98,7 @@ def test_demo_run_end_to_end(demo_cache, tmp_path, no_input_roots):
     result = json.loads(result_path.read_text())
     validate_result(result)
     assert result["weights"]["kind"] == "random_demo"
+    assert result["data"]["kind"] == "generated" and result["settings"]["demo_data"] is True
     assert result["model"]["model_id"] == "convnextpose_XS"
     assert result["partial"] is True and result["num_samples"] == 6
     assert result["num_expected"] == len(run.test_set)
@@ -117,19 +120,42 @@ def test_demo_run_end_to_end(demo_cache, tmp_path, no_input_roots):
     assert sorted(pred["image_id"].tolist()) == sorted(ts.image_id[run.selected].tolist())
 
 
-def test_auto_mode_uses_demo_only_when_nothing_real_is_found(demo_cache, tmp_path, monkeypatch):
-    demo_data = runner.ensure_demo_data(demo_cache)
-    monkeypatch.setattr(environment, "default_input_roots", lambda *a, **k: [demo_data])
+def _real_copy(demo_data: Path, target: Path) -> Path:
+    """The demo data set made to look real: its annotation files without their info entry, no marker file, the
+    images linked. What a real Human3.6M folder looks like to the runner (tests only: numbers stay synthetic)."""
+    import shutil
 
-    def report_mode(params, spec, cache, demo, root, notes):  # stops prepare right where the mode is decided
-        raise runner.CheckpointUnavailable(f"demo={demo} root={root}")
+    annotations = target / "annotations"
+    annotations.mkdir(parents=True)
+    for path in (demo_data / "annotations (1)" / "annotations").iterdir():
+        if path.name.endswith("_data.json"):
+            data = json.loads(path.read_text())
+            data.pop("info", None)
+            (annotations / path.name).write_text(json.dumps(data))
+        else:
+            shutil.copy(path, annotations / path.name)
+    for images in ("S9_ACT2_16", "S11_ACT2_16"):
+        (target / images).symlink_to(demo_data / images, target_is_directory=True)
+    return target
+
+
+def test_auto_mode_uses_generated_data_only_when_nothing_real_is_found(demo_cache, tmp_path, monkeypatch):
+    demo_data = runner.ensure_demo_data(demo_cache)
+    real = _real_copy(demo_data, tmp_path / "real")
+
+    def report_mode(params, spec, cache, data, notes):  # stops prepare right where data and weights are decided
+        raise runner.CheckpointUnavailable(f"generated={data.generated} root={data.root}")
 
     monkeypatch.setattr(runner, "_resolve_checkpoint", report_mode)
-    # Annotations found under the input roots: a real run (demo False), which then needs a checkpoint.
-    with pytest.raises(runner.CheckpointUnavailable, match=f"demo=False root={demo_data}"):
+    monkeypatch.setattr(environment, "default_input_roots", lambda *a, **k: [real])
+    with pytest.raises(runner.CheckpointUnavailable, match=f"generated=False root={real}"):
+        runner.prepare(_params(demo_cache, tmp_path, image_limit=2))
+    # Generated data under the input roots is not real data, wherever it is: DEMO "auto" uses the demo set.
+    monkeypatch.setattr(environment, "default_input_roots", lambda *a, **k: [demo_data])
+    with pytest.raises(runner.CheckpointUnavailable, match="generated=True"):
         runner.prepare(_params(demo_cache, tmp_path, image_limit=2))
     monkeypatch.setattr(environment, "default_input_roots", lambda *a, **k: [])
-    with pytest.raises(runner.CheckpointUnavailable, match="demo=True"):
+    with pytest.raises(runner.CheckpointUnavailable, match="generated=True"):
         runner.prepare(_params(demo_cache, tmp_path, image_limit=2))
 
 
@@ -141,11 +167,73 @@ def test_real_data_without_a_checkpoint_fails_instead_of_using_random_weights(de
         raise acquire.AcquireError(f"nothing for {kw.get('model_id')}")
 
     monkeypatch.setattr(acquire, "acquire_checkpoint", unavailable)
-    data = str(runner.ensure_demo_data(demo_cache))
+    data = str(_real_copy(runner.ensure_demo_data(demo_cache), tmp_path / "real"))
     for demo in ("auto", False):
         with pytest.raises(runner.CheckpointUnavailable, match=r"nothing for convnextpose_XS.*set CHECKPOINT"):
             runner.prepare(_params(demo_cache, tmp_path, data_root=data, image_limit=2, demo=demo))
     assert not (tmp_path / "convnextpose_XS").exists()
+
+
+def _own_checkpoint(demo_cache: Path, tmp_path: Path) -> Path:
+    """A checkpoint of the user's own: saved by the official training call, not one of our demo files."""
+    import torch
+
+    from helpers.models import build_model, get_family
+
+    spec_model = build_model("convnextpose_XS")
+    family = get_family("convnextpose")
+    from helpers.models.registry import get_spec
+
+    state = family.official_keys(get_spec("convnextpose_XS"), spec_model.state_dict()) if family.official_keys \
+        else spec_model.state_dict()
+    path = tmp_path / "my_weights.pth"
+    torch.save({"epoch": 3, "network": {f"module.{k}": v for k, v in state.items()}}, path)
+    return path
+
+
+@pytest.mark.parametrize("demo, data_root", [("auto", None), (True, None), ("auto", "generated")])
+def test_a_given_checkpoint_runs_on_generated_data_and_every_output_says_both(demo_cache, tmp_path, no_input_roots,
+                                                                             demo, data_root):
+    """Smoke-testing your own weights without Human3.6M: DEMO "auto" or True with CHECKPOINT, or a DATA_ROOT that
+    holds generated data. Data and weights are stated separately; generated data is never reported as real."""
+    from helpers import consolidate
+
+    checkpoint = _own_checkpoint(demo_cache, tmp_path)
+    if data_root == "generated":
+        data_root = str(runner.ensure_demo_data(demo_cache))
+    run = runner.prepare(_params(demo_cache, tmp_path / "out", image_limit=3, demo=demo, data_root=data_root,
+                                 checkpoint=str(checkpoint)))
+    assert run.generated_data and run.weights_kind == "given"
+    assert run.checkpoint_summary().loc["weights", "value"] == "the checkpoint given as CHECKPOINT"
+    run.infer()
+    table = run.evaluate()
+    assert table.columns.name == "GENERATED DATA — not Human3.6M, not comparable with papers"
+    result = json.loads(run.save().read_text())
+    assert result["data"]["kind"] == "generated" and result["settings"]["demo_data"] is True
+    assert result["weights"]["kind"] == "given" and result["weights"]["sha256"] == result["checkpoint"]["sha256"]
+    assert "not comparable" in result["data"]["note"]
+    assert run.paper_comparison()["grade"].iloc[0] == "n/a: generated data"
+    board = consolidate.consolidate(tmp_path / "out").leaderboard
+    assert board["data"].tolist() == ["generated"]
+    assert board["weights"].iloc[0] == f"given ({result['checkpoint']['sha256'][:12]})"
+    assert board["model"].iloc[0].endswith("[generated data] [partial]")
+    text = (tmp_path / "out" / "report" / "REPORT.md").read_text()
+    assert "GENERATED DATA" in text and "None." not in text.split("## Problems found", 1)[1]
+
+
+def test_generated_annotations_are_recognised_without_their_marker_file(demo_cache, tmp_path, no_input_roots):
+    """Annotation files copied away from the demo folder (no DEMO_DATA.md beside them) still say they are
+    generated: the run records generated data, not real."""
+    demo_data = runner.ensure_demo_data(demo_cache)
+    copy = tmp_path / "copy"
+    (copy / "annotations").mkdir(parents=True)
+    for path in (demo_data / "annotations (1)" / "annotations").iterdir():
+        (copy / "annotations" / path.name).write_bytes(path.read_bytes())
+    for images in ("S9_ACT2_16", "S11_ACT2_16"):
+        (copy / images).symlink_to(demo_data / images, target_is_directory=True)
+    run = runner.prepare(_params(demo_cache, tmp_path / "out", data_root=str(copy), image_limit=2,
+                                 checkpoint=str(_own_checkpoint(demo_cache, tmp_path))))
+    assert run.generated_data and "info.generated_by = 'helpers.demo_data'" in run.data.evidence
 
 
 # ------------------------------------------------------------------------------------------ bad input
@@ -181,7 +269,7 @@ def _partial_copy(demo_data: Path, target: Path) -> Path:
 
 def test_missing_images_fail_fast_or_are_skipped_and_recorded(demo_cache, tmp_path, monkeypatch):
     root = _partial_copy(runner.ensure_demo_data(demo_cache), tmp_path / "data")
-    monkeypatch.setattr(runner, "_resolve_checkpoint", lambda params, spec, cache, demo, data_root, notes: (
+    monkeypatch.setattr(runner, "_resolve_checkpoint", lambda params, spec, cache, data, notes: (
         runner.ensure_demo_checkpoint(cache, spec.model_id), "test", "random_demo"))
     with pytest.raises(DataError, match=r"test images are missing.*s_11_act.*skip"):
         runner.prepare(_params(demo_cache, tmp_path, data_root=str(root)))
@@ -234,7 +322,7 @@ def test_rootnet_bbox_root_is_accepted_as_bbox_root(demo_cache, tmp_path, no_inp
 
 
 def test_use_gt_info_false_without_bbox_root_on_real_data_is_refused(demo_cache, tmp_path):
-    data = str(runner.ensure_demo_data(demo_cache))
+    data = str(_real_copy(runner.ensure_demo_data(demo_cache), tmp_path / "real"))
     with pytest.raises(runner.ConfigError, match="USE_GT_INFO = False needs BBOX_ROOT"):
         runner.prepare(_params(demo_cache, tmp_path, data_root=data, use_gt_info=False))
     with pytest.raises(DataError, match="BBOX_ROOT .* does not exist; run rootnet.ipynb"):
