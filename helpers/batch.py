@@ -20,6 +20,8 @@ itself failed (the report is missing).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import difflib
 import os
 import sys
 import time
@@ -140,6 +142,39 @@ def select_runs(plan: Plan, only: list[str] | None) -> list[PlannedRun]:
     return [r for r in plan.runs if r.run_id in only]
 
 
+def notebook_path(run: PlannedRun, notebook_dir: Path) -> Path:
+    """The notebook file a run executes: its `notebook` relative to the notebook folder (or absolute)."""
+    return Path(notebook_dir) / run.notebook
+
+
+def _closest(name: str, choices) -> str:
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def validate_runs(runs: list[PlannedRun], notebook_dir: Path, added: tuple[str, ...] = ()) -> None:
+    """Before anything runs: every notebook exists, and every parameter a run passes is one of its notebook's
+    parameters (papermill would only warn "Passed unknown parameter" and run on with the default). `added` are the
+    parameters the batch itself may pass (OUTPUT_DIR, IMAGE_LIMIT/CHECKPOINT from the flags, the plan's
+    demo_defaults). Raises PlanError naming the run, the bad name and the closest valid one."""
+    import papermill
+
+    known: dict[Path, tuple[str, ...]] = {}
+    for run in runs:
+        notebook = notebook_path(run, notebook_dir)
+        if not notebook.is_file():
+            available = sorted(p.name for p in Path(notebook_dir).glob("*.ipynb"))
+            raise PlanError(f"run {run.run_id!r}: notebook {notebook} does not exist{_closest(run.notebook, available)} "
+                            f"(notebooks in {notebook_dir}: {', '.join(available) or 'none'})")
+        if notebook not in known:  # the names of its `parameters` cell, as papermill reads them
+            known[notebook] = tuple(papermill.inspect_notebook(str(notebook)))
+        parameters = known[notebook]
+        for name in [*run.parameters, *added]:
+            if name not in parameters:
+                raise PlanError(f"run {run.run_id!r}: {name!r} is not a parameter of {notebook.name}"
+                                f"{_closest(name, parameters)} (its parameters: {', '.join(parameters)})")
+
+
 def _failure_text(exc: BaseException) -> tuple[str, int | None]:
     from papermill.exceptions import PapermillExecutionError
 
@@ -148,16 +183,44 @@ def _failure_text(exc: BaseException) -> tuple[str, int | None]:
     return f"{type(exc).__name__}: {exc}", None
 
 
+@contextlib.contextmanager
+def _stderr_to(log_path: Path):
+    """Send this process's standard error, and so the kernel's (it inherits it), to `log_path` meanwhile.
+
+    A kernel logs routine start-up and shut-down messages there ("running over TCP without encryption",
+    "KeyboardInterrupt caught in kernel") that look like failures; a real failure is reported from the notebook
+    itself, and the log is kept beside the executed notebook."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(log_path, "ab") as log:
+            os.dup2(log.fileno(), 2)
+            try:
+                yield
+            finally:
+                sys.stderr.flush()
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)
+
+
 def execute(notebook: Path, output: Path, parameters: dict, cwd: Path) -> tuple[str | None, int | None]:
-    """Run one notebook headless; return (error text, failing cell index) or (None, None) on success."""
+    """Run one notebook headless; return (error text, failing cell index) or (None, None) on success. The kernel's
+    own log goes to `<output>.log` (shown in the error text when the run fails without a cell error)."""
     import papermill
 
     output.parent.mkdir(parents=True, exist_ok=True)
+    log_path = output.with_suffix(".log")
+    log_path.unlink(missing_ok=True)
     try:
-        papermill.execute_notebook(str(notebook), str(output), parameters=parameters, cwd=str(cwd),
-                                   kernel_name=KERNEL_NAME, progress_bar=False)
+        with _stderr_to(log_path):
+            papermill.execute_notebook(str(notebook), str(output), parameters=parameters, cwd=str(cwd),
+                                       kernel_name=KERNEL_NAME, progress_bar=False)
     except Exception as exc:  # noqa: BLE001 - any failure of one run is recorded and the batch goes on
-        return _failure_text(exc)
+        error, cell = _failure_text(exc)
+        if cell is None:  # not an error in a cell (a dead kernel, a timeout): the kernel's log says more
+            error += f" (kernel log: {log_path})"
+        return error, cell
     return None, None
 
 
@@ -205,7 +268,7 @@ def run_plan(runs: list[PlannedRun], out_dir: Path, notebook_dir: Path = DEFAULT
     out_dir = Path(out_dir).resolve()
     records = []
     for i, run in enumerate(runs, 1):
-        notebook = notebook_dir / run.notebook
+        notebook = notebook_path(run, notebook_dir)
         output = out_dir / RUNS_SUBDIR / f"{run.run_id}.ipynb"
         params = {**run.parameters, "OUTPUT_DIR": str(out_dir)}
         if image_limit is not None:
@@ -216,10 +279,7 @@ def run_plan(runs: list[PlannedRun], out_dir: Path, notebook_dir: Path = DEFAULT
         model_id = _expected_model_id(params)
         since = time.time() - 1.0  # file-system timestamps may be coarser than the clock
         start = time.perf_counter()
-        if notebook.is_file():
-            error, cell = execute(notebook, output, params, notebook_dir)
-        else:
-            error, cell = f"notebook {notebook} does not exist (plan entry {run.run_id!r})", None
+        error, cell = execute(notebook, output, params, notebook_dir)
         seconds = round(time.perf_counter() - start, 2)
         result_json = _fresh_result(out_dir, model_id, since) if error is None else None
         if error is None and result_json is None:
@@ -241,7 +301,8 @@ def records_frame(records: list[RunRecord]) -> pd.DataFrame:
 
 
 def real_data_found() -> tuple[bool, str]:
-    """Whether the input roots hold Human3.6M annotations (the runner's DEMO "auto" test), and a line saying so."""
+    """Whether the input roots hold real Human3.6M annotations (the runner's DEMO "auto" test), and a line saying
+    so."""
     from . import environment, h36m
 
     roots = environment.default_input_roots()
@@ -249,8 +310,13 @@ def real_data_found() -> tuple[bool, str]:
     if found is not None:
         return True, f"real annotations found under {found[1]}"
     searched = ", ".join(str(r) for r in roots) or "no input root exists"
-    return False, (f"no real Human3.6M annotations under the input roots ({searched}): runs with DEMO 'auto' use "
-                   "the generated demo set and random-initialised checkpoints")
+    return False, f"no real Human3.6M annotations under the input roots ({searched})"
+
+
+def uses_demo_data(parameters: dict) -> bool:
+    """Whether a run with these parameters runs on the generated demo data when no real data is found: it names no
+    DATA_ROOT and does not turn DEMO off."""
+    return not parameters.get("DATA_ROOT") and str(parameters.get("DEMO", "auto")).lower() != "false"
 
 
 def family_runs(model_file: str | os.PathLike, notebook_dir: Path, defaults: dict | None = None) -> list[PlannedRun]:
@@ -317,14 +383,26 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError, SyntaxError, ImportError) as exc:  # a family file that cannot be loaded
         print(f"error: --model-file: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
+    added = ("OUTPUT_DIR", *plan.demo_defaults) + (("IMAGE_LIMIT",) if args.image_limit is not None else ()) + \
+        (("CHECKPOINT",) if args.checkpoint is not None else ())
+    try:
+        validate_runs(runs, notebook_dir, added)
+    except PlanError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(f"batch: {len(runs)} run(s) from {plan.source} -> {out_dir}")
     found, note = real_data_found()
     print(f"batch: {note}", flush=True)
-    if not found and plan.demo_defaults:
-        # Over the plan's defaults, under each run's own parameters and --image-limit.
+    demo_runs = [r.run_id for r in runs if uses_demo_data(r.parameters)] if not found else []
+    if demo_runs:
+        # The plan's demo_defaults go over its defaults, under each run's own parameters and the flags.
         runs = [PlannedRun(r.run_id, r.notebook, {**plan.defaults, **plan.demo_defaults, **r.own_parameters},
-                           r.own_parameters) for r in runs]
-        print(f"batch: demo settings {plan.demo_defaults} (from the plan's demo_defaults)", flush=True)
+                           r.own_parameters) if r.run_id in demo_runs else r for r in runs]
+        flags = {"IMAGE_LIMIT": args.image_limit} if args.image_limit is not None else {}
+        weights = (f"the checkpoint {args.checkpoint}" if args.checkpoint is not None
+                   else "random demo weights unless the run sets CHECKPOINT")
+        print(f"batch: {len(demo_runs)} run(s) without DATA_ROOT use the generated demo data ({weights}); their "
+              f"demo settings: {({**plan.demo_defaults, **flags})}", flush=True)
 
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()

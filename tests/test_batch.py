@@ -73,24 +73,49 @@ def _write_plan(path: Path, cache: Path, runs: str) -> Path:
     return path
 
 
-def test_batch_records_a_failing_run_and_goes_on(tmp_path, batch_env, capsys):
+@pytest.mark.parametrize("runs, message", [
+    ("  - {id: typo, notebook: posenet.ipynb, parameters: {MODEL: posenet, PROTOCL: 1}}\n",
+     "'PROTOCL' is not a parameter of posenet.ipynb; did you mean 'PROTOCOL'?"),
+    ("  - {id: missing, notebook: posenett.ipynb, parameters: {MODEL: posenet}}\n",
+     "notebook .*posenett.ipynb does not exist; did you mean 'posenet.ipynb'?"),
+])
+def test_a_plan_with_an_unknown_parameter_or_notebook_exits_2_before_anything_runs(tmp_path, batch_env, capsys,
+                                                                                   runs, message):
+    import re
+
+    plan = _write_plan(tmp_path / "plan.yaml", batch_env, runs)
+    out = tmp_path / "out"
+    assert batch.main(["--plan", str(plan), "--out", str(out)]) == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert not out.exists()  # nothing ran, no summary points at a notebook that does not exist
+    # the defaults and demo_defaults are checked the same way
+    plan.write_text(f"defaults: {{CACHE_DIR: '{batch_env}'}}\ndemo_defaults: {{IMAGE_LIMT: 4}}\n"
+                    "runs:\n  - {notebook: posenet.ipynb, parameters: {MODEL: posenet}}\n")
+    assert batch.main(["--plan", str(plan), "--out", str(out)]) == 2
+    assert "'IMAGE_LIMT' is not a parameter of posenet.ipynb; did you mean 'IMAGE_LIMIT'?" in capsys.readouterr().err
+
+
+def test_batch_records_a_failing_run_and_goes_on(tmp_path, batch_env, capfd):
     plan = _write_plan(tmp_path / "plan.yaml", batch_env, (
         "  - {id: bad_variant, notebook: convnextpose.ipynb, parameters: {MODEL: convnextpose, VARIANT: XXL}}\n"
-        "  - {id: missing_notebook, notebook: nothing.ipynb, parameters: {MODEL: posenet}}\n"
         "  - {id: convnextpose_XS, notebook: convnextpose.ipynb, parameters: {MODEL: convnextpose, VARIANT: XS}}\n"))
     out = tmp_path / "out"
-    assert batch.main(["--plan", str(plan), "--out", str(out)]) == 0
-    printed = capsys.readouterr().out
+    assert batch.main(["--plan", str(plan), "--out", str(out), "--image-limit", "4"]) == 0
+    printed, errors = capfd.readouterr()
     assert f"report: {out / 'report' / 'REPORT.md'}" in printed
+    # the header says what runs: the flag's IMAGE_LIMIT, on the generated data with random weights
+    assert "2 run(s) without DATA_ROOT use the generated demo data (random demo weights unless the run sets " \
+           "CHECKPOINT); their demo settings: {'IMAGE_LIMIT': 4}" in printed
+    # the kernels' routine log lines stay out of the console, in a log beside each executed notebook
+    assert "IPKernelApp" not in errors and (out / "runs" / "convnextpose_XS.log").is_file()
 
     summary = json.loads((out / "batch_summary.json").read_text())
     runs = {r["run_id"]: r for r in summary["runs"]}
-    assert [r["run_id"] for r in summary["runs"]] == ["bad_variant", "missing_notebook", "convnextpose_XS"]
+    assert [r["run_id"] for r in summary["runs"]] == ["bad_variant", "convnextpose_XS"]
     bad = runs["bad_variant"]
     assert bad["status"] == "failed" and "unknown VARIANT 'XXL'" in bad["error"]
     assert bad["failed_cell"] is not None and bad["failed_cell"] <= 7
     assert Path(bad["output_notebook"]).is_file()  # papermill keeps the notebook up to the error
-    assert runs["missing_notebook"]["status"] == "failed" and "does not exist" in runs["missing_notebook"]["error"]
     ok = runs["convnextpose_XS"]
     assert ok["status"] == "ok" and ok["model_id"] == "convnextpose_XS"
     result = json.loads(Path(ok["result_json"]).read_text())

@@ -83,3 +83,44 @@ def test_bad_family_files_are_refused_with_the_reason(tmp_path):
         registry.load_family_file(clash)
     with pytest.raises(runner.ConfigError, match="MODEL_FILE"):
         runner.RunParams(model="nosuchfamily")
+
+
+def test_your_own_checkpoint_runs_on_the_generated_data_with_batch(family_file, tmp_path, monkeypatch, capsys):
+    """`batch --model-file F --checkpoint C` with no Human3.6M attached: C (saved by the official training call)
+    runs on the generated data; the result records the given weights with their sha256 and the generated data,
+    and the report says both."""
+    import hashlib
+
+    import torch
+    from torch import nn
+
+    from helpers import batch, environment
+
+    monkeypatch.setattr(environment, "default_input_roots", lambda *a, **k: [])
+    for key in ("H36M_BATCH", "PYTHONPATH", "MPLBACKEND"):  # batch.main sets them for its kernels
+        monkeypatch.setenv(key, os.environ.get(key, ""))
+    registry.load_family_file(family_file)
+    model = nn.DataParallel(registry.build_model("tinypose_s"))
+    optimizer = torch.optim.Adam(model.parameters())
+    model(torch.zeros(1, 3, 256, 256)).sum().backward()
+    optimizer.step()
+    checkpoint = tmp_path / "snapshot_5.pth.tar"
+    torch.save({"epoch": 5, "network": model.state_dict(), "optimizer": optimizer.state_dict()}, checkpoint)
+
+    out = tmp_path / "out"
+    cache = tmp_path.parent / "demo-cache"  # shared with the other demo tests of this session
+    plan = tmp_path / "plan.yaml"  # only for its defaults: --only keeps the family's run
+    plan.write_text(f"defaults: {{CACHE_DIR: '{cache}', BATCH_SIZE: 4}}\ndemo_defaults: {{IMAGE_LIMIT: 4}}\n"
+                    "runs:\n  - {notebook: posenet.ipynb, parameters: {MODEL: posenet}}\n")
+    argv = ["--plan", str(plan), "--model-file", str(family_file), "--checkpoint", str(checkpoint),
+            "--only", "tinypose_s", "--out", str(out)]
+    assert batch.main(argv) == 0, capsys.readouterr()
+    assert "use the generated demo data (the checkpoint" in capsys.readouterr().out
+    result = json.loads((out / "tinypose_s" / "result.json").read_text())
+    assert result["data"]["kind"] == "generated"
+    assert result["weights"]["kind"] == "given"
+    assert result["weights"]["sha256"] == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    assert result["checkpoint"]["epoch"] == 5
+    report = (out / "report" / "REPORT.md").read_text()
+    assert "GENERATED DATA" in report and "RANDOM DEMO" not in report
+    assert f"given ({result['weights']['sha256'][:12]})" in report
