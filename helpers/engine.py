@@ -104,7 +104,7 @@ class _Job:
     model: torch.nn.Module
     kind: str
     output_shape: tuple[int, int]
-    normalization: str
+    normalization: tuple  # (mean, std) of the spec, 0-255 units
     flip_pairs: tuple[tuple[int, int], ...]
     crops: CropStore
     bbox: np.ndarray  # (N, 4) float64
@@ -153,7 +153,7 @@ def forward_batch(model: torch.nn.Module, x: torch.Tensor, *, kind: str, flip_te
     return out
 
 
-def prepare_inputs(crops, *, normalization: str, channels_last: bool, device=None) -> torch.Tensor:
+def prepare_inputs(crops, *, normalization: tuple, channels_last: bool, device=None) -> torch.Tensor:
     """Normalise a batch of uint8 crops (B,3,H,W) (array or tensor) on `device`: the network input, float32."""
     crops = torch.as_tensor(crops)
     if device is not None:

@@ -12,14 +12,11 @@ from typing import Sequence
 import numpy as np
 import torch
 
-# (mean, std) per normalisation kind, both applied to 0-255 values.
-NORMALIZATION: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
-    # The released 3DMPPE-family weights were trained with ImageNet mean/std applied to 0-255 values
-    # WITHOUT dividing by 255 (torchvision ToTensor leaves float arrays unscaled); helpers/README.md, "Normalisation and flip".
-    "3dmppe": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-    # Integral Human Pose: the usual ImageNet statistics expressed in 0-255 units.
-    "integral": ((123.675, 116.28, 103.53), (58.395, 57.12, 57.375)),
-}
+# The released 3DMPPE-family weights were trained with ImageNet mean/std applied to 0-255 values WITHOUT dividing
+# by 255 (torchvision ToTensor leaves float arrays unscaled); helpers/README.md, "Normalisation and flip". They are
+# `ModelSpec`'s default mean and std; a family with other statistics declares its own, in the same 0-255 units.
+MEAN_3DMPPE = (0.485, 0.456, 0.406)
+STD_3DMPPE = (0.229, 0.224, 0.225)
 
 
 def _checked_boxes(bboxes, batch: int) -> np.ndarray:
@@ -255,12 +252,10 @@ def _warp_general(image: torch.Tensor, fixed_x: np.ndarray, fixed_y: np.ndarray)
     return total.add_(1 << (_COEF_BITS - 1)).bitwise_right_shift_(_COEF_BITS).clamp_(0, 255).to(torch.uint8)
 
 
-def normalize(x: torch.Tensor, kind: str) -> torch.Tensor:
-    """(x − mean)/std per channel, x `(B,3,H,W)` float RGB 0-255; `kind` is a key of NORMALIZATION."""
-    try:
-        mean, std = NORMALIZATION[kind]
-    except KeyError:
-        raise ValueError(f"unknown normalisation {kind!r}; known: {', '.join(NORMALIZATION)}") from None
+def normalize(x: torch.Tensor, normalization) -> torch.Tensor:
+    """(x − mean)/std per channel, x `(B,3,H,W)` float RGB 0-255; `normalization` is (mean, std), three values each
+    in 0-255 units (`ModelSpec.normalization`)."""
+    mean, std = normalization
     if x.ndim != 4 or x.shape[1] != 3:
         raise ValueError(f"normalize expects (B,3,H,W); got {tuple(x.shape)}")
     dtype = x.dtype if x.is_floating_point() else torch.float32

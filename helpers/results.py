@@ -84,7 +84,8 @@ GENERATED_DATA_NOTE = "generated data in the Human3.6M format, not Human3.6M: no
 
 
 def run_blocks(spec, *, checkpoint_info: dict, checkpoint_path, checkpoint_source: str, weights_kind: str,
-               data, inference: dict | None, params, environment: dict, snapshot: dict | None = None) -> dict:
+               data, inference: dict | None, params, environment: dict, snapshot: dict | None = None,
+               declarations: dict | None = None) -> dict:
     """The blocks of result.json that describe a notebook run (model, data, weights, checkpoint, environment,
     settings, and what the engine measured), merged into the evaluation's result by `evaluate(extra=...)`.
     `data` is the run's `runner.DataSource`."""
@@ -99,8 +100,11 @@ def run_blocks(spec, *, checkpoint_info: dict, checkpoint_path, checkpoint_sourc
         "num_params": info.get("num_params") or spec.num_params,
         "num_params_incl_buffers": spec.num_params_incl_buffers, "gmacs": spec.gmacs,
         "input_shape": list(spec.input_shape), "output_shape": list(spec.output_shape),
-        "depth_dim": spec.depth_dim, "paper": dataclasses.asdict(spec.paper),
+        "depth_dim": spec.depth_dim, "mean": list(spec.mean), "std": list(spec.std),
+        "paper": dataclasses.asdict(spec.paper),
     }
+    if declarations:
+        model_block["declarations_check"] = declarations
     weights = {"kind": weights_kind, "sha256": info.get("sha256"), "file": str(checkpoint_path)}
     if weights_kind in WEIGHTS_NOTES:
         weights["note"] = WEIGHTS_NOTES[weights_kind]

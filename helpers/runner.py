@@ -296,6 +296,7 @@ class Run:
     per_sample: object | None = None
     evaluation_s: float | None = None
     files: dict[str, Path] = field(default_factory=dict)
+    declarations: dict = field(default_factory=dict)  # models.common.check_declarations: the spec against the model
     snapshot: dict | None = None  # {run, epoch, file} when this run is one snapshot of a sweep (helpers.sweep)
 
     # -------------------------------------------------------------------------------- facts
@@ -376,7 +377,9 @@ class Run:
             ("parameters (registry)", spec.num_params),
             ("input (H, W)", tuple(spec.input_shape)),
             ("heatmap (H, W) x depth", f"{tuple(spec.output_shape)} x {spec.depth_dim}"),
-            ("normalisation", spec.normalization),
+            ("declarations checked", "yes, " + self.declarations["method"] if self.declarations.get("verified")
+             else f"no: {self.declarations.get('reason')}"),
+            ("normalisation (0-255)", f"mean {spec.mean}, std {spec.std}"),
             ("crop aspect (W/H)", round(spec.aspect_ratio, 6)),
             ("depth extent (mm)", spec.depth_extent_mm),
         ]
@@ -450,7 +453,7 @@ class Run:
 
         return run_blocks(self.spec, checkpoint_info=self.checkpoint_info, checkpoint_path=self.checkpoint_path,
                           checkpoint_source=self.checkpoint_source, weights_kind=self.weights_kind, data=self.data,
-                          inference=self.inference, params=self.params,
+                          inference=self.inference, params=self.params, declarations=self.declarations,
                           environment=self.environment_info or env.environment_report(), snapshot=self.snapshot)
 
     def evaluate(self) -> pd.DataFrame:
@@ -728,6 +731,7 @@ def prepare(params: RunParams):
     Returns a `Run`; when CHECKPOINT names several snapshots (a folder or a glob), a `sweep.Sweep` of them."""
     from .h36m import check_images, load_test_set
     from .models import get_spec, load_checkpoint
+    from .models.common import DeclarationError, check_declarations
     from .sweep import prepare_sweep, snapshot_files
 
     snapshots = snapshot_files(params.checkpoint)
@@ -782,6 +786,10 @@ def prepare(params: RunParams):
 
     checkpoint_path, source, weights_kind = _resolve_checkpoint(params, spec, cache_dir, data, notes)
     model, info = load_checkpoint(checkpoint_path, model_id=spec.model_id)
+    try:  # the declared heatmap size, depth and joints against the model, before any number is computed
+        declarations = check_declarations(spec, model)
+    except DeclarationError as exc:
+        raise ConfigError(str(exc)) from None
     info = info.to_dict()
     if info.get("is_random_demo") and weights_kind != "random_demo":
         notes.append(f"{checkpoint_path} is a random-initialised demo checkpoint: RANDOM DEMO WEIGHTS")
@@ -791,7 +799,8 @@ def prepare(params: RunParams):
     run = Run(params=params, spec=spec, data=data, annotation_dir=annotation_dir,
               test_set=test_set, image_check=image_check, selected=np.asarray(selected), image_paths=image_paths,
               checkpoint_path=checkpoint_path, checkpoint_source=source, weights_kind=weights_kind, model=model,
-              checkpoint_info=info, output_dir=output_dir, cache_dir=cache_dir, notes=notes, started=started)
+              checkpoint_info=info, output_dir=output_dir, cache_dir=cache_dir, notes=notes, started=started,
+              declarations=declarations)
     for note in notes:
         print(f"NOTE: {note}")
     print(f"{spec.model_id}: {len(selected)} of {len(test_set)} protocol-{params.protocol} test samples of "

@@ -127,8 +127,8 @@ def test_the_flipped_input_is_the_mirror_of_the_official_crop():
         for crop, flipped, box in zip(crops, flip_images(crops), boxes):
             expected = cv2.flip(np.ascontiguousarray(official_crop(bgr, box, out_hw)), 1)
             assert np.array_equal(flipped.permute(1, 2, 0).numpy(), expected)
-        normalised = pipeline.normalize(crops, "3dmppe")
-        assert torch.equal(flip_images(normalised), pipeline.normalize(flip_images(crops), "3dmppe"))
+        normalised = pipeline.normalize(crops, (pipeline.MEAN_3DMPPE, pipeline.STD_3DMPPE))
+        assert torch.equal(flip_images(normalised), pipeline.normalize(flip_images(crops), (pipeline.MEAN_3DMPPE, pipeline.STD_3DMPPE)))
 
 
 # ---------------------------------------------------------------- python -m helpers crop

@@ -78,11 +78,11 @@ def test_pipeline_creates_every_tensor_on_the_images_device():
     as_list = [torch.empty((3, 48, 40), dtype=torch.uint8, device="meta"),
                torch.empty((3, 50, 40), dtype=torch.uint8, device="meta")]
     for images in (padded, as_list):
-        x = normalize(crop_images(images, boxes, (32, 24)), "3dmppe")
+        x = normalize(crop_images(images, boxes, (32, 24)), get_spec("posenet").normalization)
         assert x.device.type == "meta" and x.shape == (2, 3, 32, 24) and x.dtype == torch.float32
         assert crop_images(images, boxes, (32, 24)).dtype == torch.uint8
     crops = torch.empty((2, 3, 32, 24), dtype=torch.uint8, device="meta")
-    inputs = engine.prepare_inputs(crops, normalization="integral", channels_last=True)
+    inputs = engine.prepare_inputs(crops, normalization=get_spec("integral_r50").normalization, channels_last=True)
     assert inputs.device.type == "meta" and inputs.is_contiguous(memory_format=torch.channels_last)
     merged = flip_test_merge(torch.empty(2, 18, 3, device="meta"), torch.empty(2, 18, 3, device="meta"), 64,
                              get_spec("posenet").flip_pairs)
@@ -284,7 +284,7 @@ def test_reduced_precision_within_tolerance_is_kept_and_its_deviation_recorded(d
 
 
 def test_batch_with_non_finite_output_is_recomputed_in_fp32():
-    job = SimpleNamespace(kind="pose", normalization="3dmppe", channels_last=False, flip_test=True,
+    job = SimpleNamespace(kind="pose", normalization=get_spec("posenet").normalization, channels_last=False, flip_test=True,
                           output_shape=(8, 8), flip_pairs=SPEC.flip_pairs, output_width=(18, 3))
     crops = np.random.default_rng(0).integers(0, 256, (7, 3, 32, 32), dtype=np.uint8)
     runner = engine._BatchRunner(_NaNUnderAutocast(), job, torch.device("cpu"), 3, "fp16")
@@ -318,7 +318,7 @@ def test_out_of_memory_halves_the_batch_for_the_rest_of_the_run(dataset, tmp_pat
     reference = run_inference(SPEC, tiny_pose_model(), test_set, paths, _config(tmp_path / "b2", batch_size=2))
     assert np.array_equal(result["predictions"]["coords"], reference["predictions"]["coords"])
     other = RuntimeError("CUDA error: an illegal memory access was encountered")
-    job = SimpleNamespace(kind="pose", normalization="3dmppe", channels_last=False, flip_test=False,
+    job = SimpleNamespace(kind="pose", normalization=get_spec("posenet").normalization, channels_last=False, flip_test=False,
                           output_shape=(8, 8), flip_pairs=(), output_width=(18, 3))
 
     class Broken(nn.Module):

@@ -124,3 +124,21 @@ def test_your_own_checkpoint_runs_on_the_generated_data_with_batch(family_file, 
     report = (out / "report" / "REPORT.md").read_text()
     assert "GENERATED DATA" in report and "RANDOM DEMO" not in report
     assert f"given ({result['weights']['sha256'][:12]})" in report
+
+
+def test_a_misdeclared_heatmap_size_stops_before_any_result(family_file, tmp_path, monkeypatch):
+    """TinyPose's heatmaps are 64x64; a family file that declares 16x16 is refused by `prepare`, naming both."""
+    from helpers import environment
+
+    monkeypatch.setattr(environment, "default_input_roots", lambda *a, **k: [])
+    wrong = tmp_path / "tinypose_wrong.py"
+    wrong.write_text(family_file.read_text().replace('name="tinypose"', 'name="tinypose_wrong"')
+                     .replace('family="tinypose"', 'family="tinypose_wrong"')
+                     .replace('model_id="tinypose_s"', 'model_id="tinypose_wrong_s"')
+                     .replace('file="tinypose.ipynb"', 'file="tinypose_wrong.ipynb"')
+                     .replace("output_shape=(64, 64)", "output_shape=(16, 16)"))
+    params = runner.RunParams(model="tinypose_wrong", model_file=str(wrong), output_dir=str(tmp_path / "out"),
+                              cache_dir=str(tmp_path.parent / "demo-cache"), image_limit=2)
+    with pytest.raises(runner.ConfigError, match=r"output_shape \[64, 64\] \(declared \[16, 16\]\)"):
+        runner.prepare(params)
+    assert not (tmp_path / "out").exists()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers.pipeline import (NORMALIZATION, crop_images, flip_images, flip_test_merge, normalize, pad_batch,
+from helpers.pipeline import (MEAN_3DMPPE, STD_3DMPPE, crop_images, flip_images, flip_test_merge, normalize, pad_batch,
                               unflip_coords)
 from helpers.protocol import FLIP_PAIRS
 
@@ -130,17 +130,26 @@ def test_crop_rejects_bad_input():
 
 def test_normalisation_constants_and_formula():
     # helpers/README.md "Normalisation and flip": ImageNet mean/std applied to 0-255 values without /255; Integral uses 0-255 statistics.
-    assert NORMALIZATION["3dmppe"] == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-    assert NORMALIZATION["integral"] == ((123.675, 116.28, 103.53), (58.395, 57.12, 57.375))
+    from helpers.models import integral
+    from helpers.models.registry import get_spec
+
+    assert (MEAN_3DMPPE, STD_3DMPPE) == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    assert get_spec("posenet").normalization == (MEAN_3DMPPE, STD_3DMPPE)
+    assert (integral.MEAN, integral.STD) == ((123.675, 116.28, 103.53), (58.395, 57.12, 57.375))
+    assert get_spec("integral_r50").normalization == (integral.MEAN, integral.STD)
     x = torch.tensor([10.0, 128.0, 255.0]).view(1, 3, 1, 1).expand(2, 3, 2, 2)
-    quirk = normalize(x, "3dmppe")
+    quirk = normalize(x, (MEAN_3DMPPE, STD_3DMPPE))
     assert torch.allclose(quirk[0, :, 0, 0], torch.tensor([(10 - 0.485) / 0.229, (128 - 0.456) / 0.224,
                                                            (255 - 0.406) / 0.225]))
-    integral = normalize(x, "integral")
+    integral = normalize(x, ((123.675, 116.28, 103.53), (58.395, 57.12, 57.375)))
     assert torch.allclose(integral[1, :, 1, 1], torch.tensor([(10 - 123.675) / 58.395, (128 - 116.28) / 57.12,
                                                               (255 - 103.53) / 57.375]))
-    with pytest.raises(ValueError, match="unknown normalisation"):
-        normalize(x, "imagenet")
+    import dataclasses
+
+    with pytest.raises(ValueError, match="mean must be three finite numbers"):
+        dataclasses.replace(get_spec("posenet"), mean=(0.5, 0.5))
+    with pytest.raises(ValueError, match="std must be three finite numbers.*all positive"):
+        dataclasses.replace(get_spec("posenet"), std=(0.2, 0.0, 0.2))
 
 
 def test_flip_unflip_round_trip_and_pair_swap():

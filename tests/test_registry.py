@@ -132,7 +132,7 @@ def test_integral_challenge_entry_matches_the_official_config():
     spec = get_spec("integral_r152_challenge")
     assert spec.input_shape == (384, 288) and spec.output_shape == (96, 72) and spec.depth_dim == 72
     assert spec.builder_kwargs["input_shape"] == spec.input_shape
-    assert spec.normalization == "integral"
+    assert spec.mean == (123.675, 116.28, 103.53) and spec.std == (58.395, 57.12, 57.375)
 
 
 # ConvNeXtPose paper GFLOPs (really MACs, thop-style), from the paper's variant table
@@ -145,3 +145,43 @@ def test_convnextpose_gmacs_close_to_paper(model_id):
     # so ours is slightly lower. 2 % covers that; a wrong head width or upsampling flag moves it far more.
     measured = _measure(model_id)["gmacs"]
     assert 0.98 * PAPER_GMACS[model_id] <= measured <= PAPER_GMACS[model_id]
+
+
+def test_every_spec_declares_what_its_model_produces():
+    """The declared heatmap size, depth bins and joints equal what each model's soft-argmax sees."""
+    from helpers.models.common import check_declarations
+
+    for model_id, spec in MODEL_REGISTRY.items():
+        model = spec.build() if spec.kind == "root" else None  # RootNet's forward does not run on "meta"
+        checked = check_declarations(spec, model)
+        assert checked["verified"] and checked["method"] == "soft-argmax", model_id
+        assert checked["found"]["output_shape"] == list(spec.output_shape), model_id
+
+
+def test_declarations_of_a_model_without_our_soft_argmax_are_probed():
+    """A model that decodes its own way is checked by the last 4-D tensor of its forward, and its output shape."""
+    import dataclasses
+
+    import pytest
+    import torch
+    from torch import nn
+
+    from helpers.models.common import DeclarationError, check_declarations
+
+    class OwnDecode(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.head = nn.Conv2d(3, 18 * 4, kernel_size=8, stride=8)  # 32x32 heatmaps, 4 depth bins
+
+        def forward(self, x):
+            logits = self.head(x)
+            n, _, h, w = logits.shape
+            flat = logits.reshape(n, 18, -1).argmax(-1)  # a hard argmax, not ours
+            return torch.stack([flat % w, (flat // w) % h, flat // (h * w)], dim=2).float()
+
+    spec = dataclasses.replace(MODEL_REGISTRY["convnextpose_XS"], builder=OwnDecode, builder_kwargs={},
+                               output_shape=(32, 32), depth_dim=4)
+    checked = check_declarations(spec)
+    assert checked["verified"] and checked["method"] == "last 4-D tensor"
+    with pytest.raises(DeclarationError, match=r"output_shape \[32, 32\] \(declared \[64, 64\]\).*depth_dim 4"):
+        check_declarations(dataclasses.replace(spec, output_shape=(64, 64), depth_dim=8))

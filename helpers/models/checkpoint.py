@@ -378,15 +378,15 @@ def load_checkpoint(path_or_state_dict, model_id: str | None = None, *, map_loca
         get_spec(model_id)  # unknown ids fail before any reading
     contents = read_state_dict(path_or_state_dict, map_location=map_location)
     shapes = _shapes_of(contents.state_dict)
-    detection = detect_model(shapes)
     if model_id is None:
+        detection = detect_model(shapes)
         if detection.model_id is None:
             raise CheckpointError(_mismatch_message(None, detection))
         model_id = detection.model_id
-    else:
+    else:  # the model asked for decides; other models of the same shapes (a family of your own) do not matter
         target = compare_shapes(shapes, model_id)
         if not target.exact:
-            raise CheckpointError(_mismatch_message(target, detection))
+            raise CheckpointError(_mismatch_message(target, detect_model(shapes)))
     spec = get_spec(model_id)
     model = _build_uninitialised(spec)
     model_dtypes = {k: v.dtype for k, v in model.state_dict().items()}

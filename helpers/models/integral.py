@@ -1,7 +1,7 @@
 """Integral Human Pose (Sun et al., ECCV 2018): ResNet + deconvolution head + soft-argmax (helpers/README.md, "Models").
 
 Module names reproduce the official keys: `backbone.*`, `head.features.{0..9}`. Its input is normalised with
-its own statistics (`normalization="integral"`). The R-50/101/152 paper configs, the released ECCV'18
+its own statistics (`MEAN`, `STD` below). The R-50/101/152 paper configs, the released ECCV'18
 challenge checkpoint and the notebook text all live here.
 """
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..pipeline import NORMALIZATION
 from .resnet import DECONV_FILTERS, ResNetBackbone, ResNetHeatmapPose, deconv_layers, output_shape_of
 from .spec import CheckpointSource, Family, ModelSpec, NotebookText, PaperResult
 
@@ -58,9 +57,14 @@ def build_integral(depth: int = 50, input_shape=(256, 256), depth_dim: int = 64,
     return IntegralPoseNet(depth=depth, input_shape=input_shape, depth_dim=depth_dim, joint_num=joint_num)
 
 
+# Integral Human Pose normalises with ImageNet's statistics in 0-255 units (its own, unlike the 3DMPPE family).
+MEAN = (123.675, 116.28, 103.53)
+STD = (58.395, 57.12, 57.375)
+
+
 def _paper_variant(depth: int, **kw) -> ModelSpec:
     return ModelSpec(model_id=f"integral_r{depth}", family="integral", variant=f"R{depth}", builder=build_integral,
-                     builder_kwargs=dict(depth=depth), normalization="integral", **kw)
+                     builder_kwargs=dict(depth=depth), mean=MEAN, std=STD, **kw)
 
 
 FAMILY = Family(
@@ -78,7 +82,7 @@ FAMILY = Family(
                              "integral_r152_challenge"),
         ModelSpec(
             model_id="integral_r152_challenge", family="integral", variant="R152_challenge", builder=build_integral,
-            builder_kwargs=dict(depth=152, input_shape=(384, 288), depth_dim=72), normalization="integral",
+            builder_kwargs=dict(depth=152, input_shape=(384, 288), depth_dim=72), mean=MEAN, std=STD,
             input_shape=(384, 288), output_shape=(96, 72), depth_dim=72,
             num_params=68_964_176, num_params_incl_buffers=69_117_294, gmacs=30.837, default_batch_size=32,
             checkpoints=(
@@ -107,8 +111,8 @@ FAMILY = Family(
         file="integral_pose.ipynb", title="Integral Human Pose (ECCV 2018) on Human3.6M", default_variant="R50",
         intro=("Integral Human Pose: a ResNet backbone with a deconvolution head, decoded by a soft-argmax (integral "
                "regression). It normalises its input with its own statistics (mean "
-               f"{'/'.join(f'{v:g}' for v in NORMALIZATION['integral'][0])}, std "
-               f"{'/'.join(f'{v:g}' for v in NORMALIZATION['integral'][1])} on 0-255), which the spec selects. "
+               f"{'/'.join(f'{v:g}' for v in MEAN)}, std {'/'.join(f'{v:g}' for v in STD)} on 0-255), "
+               "which its specs declare. "
                "The only released checkpoint is the "
                "ECCV'18 challenge ResNet-152 at 384x288 input, trained on a different split, so its numbers are not "
                "comparable with the paper's Protocol 1/2 figures.")),

@@ -5,9 +5,11 @@ Family files (`helpers/models/<family>.py`, or your own file) import these; `reg
 from __future__ import annotations
 
 import importlib
+import math
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
+from ..pipeline import MEAN_3DMPPE, STD_3DMPPE
 from ..protocol import FLIP_PAIRS, JOINT_NAMES
 
 
@@ -49,7 +51,11 @@ class ModelSpec:
     joint_num: int = 18
     joint_names: tuple[str, ...] = JOINT_NAMES
     flip_pairs: tuple[tuple[int, int], ...] = FLIP_PAIRS
-    normalization: str = "3dmppe"  # a key of helpers.pipeline.NORMALIZATION
+    # (x - mean) / std per RGB channel, applied to the 0-255 crop as the official code applies it: the 3DMPPE
+    # family uses ImageNet's statistics unscaled (pipeline.MEAN_3DMPPE / STD_3DMPPE, the quirk its weights were
+    # trained with); a family trained on ImageNet-normalised 0-1 inputs declares mean*255 and std*255.
+    mean: tuple[float, float, float] = MEAN_3DMPPE
+    std: tuple[float, float, float] = STD_3DMPPE
     num_params: int | None = None  # trainable parameters, exact
     num_params_incl_buffers: int | None = None  # every state-dict entry's numel, exact
     gmacs: float | None = None  # multiply-accumulates / 1e9 at input_shape, batch 1 (torch.utils.flop_counter / 2)
@@ -63,6 +69,24 @@ class ModelSpec:
     # Non-empty when the model was trained and scored under another protocol (crop, split): its numbers
     # are then not comparable to the Protocol 1/2 papers, and results and reports say so.
     protocol_note: str = ""
+
+    def __post_init__(self):
+        for name in ("mean", "std"):
+            value = getattr(self, name)
+            try:
+                numbers = tuple(float(v) for v in value)
+            except (TypeError, ValueError):
+                numbers = ()
+            if len(numbers) != 3 or not all(math.isfinite(v) for v in numbers) or (
+                    name == "std" and min(numbers) <= 0):
+                raise ValueError(f"{self.model_id}: {name} must be three finite numbers (R, G, B) in 0-255 units"
+                                 + (", all positive" if name == "std" else "") + f"; got {value!r}")
+            object.__setattr__(self, name, numbers)
+
+    @property
+    def normalization(self) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+        """(mean, std), applied to the 0-255 crop (pipeline.normalize)."""
+        return self.mean, self.std
 
     @property
     def aspect_ratio(self) -> float:
