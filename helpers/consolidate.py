@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import matplotlib.ticker as mticker
 import numpy as np
 import pandas as pd
 
@@ -327,25 +328,40 @@ def plot_headline_bars(leaderboard: pd.DataFrame, banner: str | None = None):
 
 
 def plot_accuracy_vs_cost(leaderboard: pd.DataFrame, banner: str | None = None):
-    """Rows: groups; columns: headline error vs GFLOPs (MACs), params (M), images/s. Points labelled."""
+    """Rows: groups; columns: headline error vs GFLOPs (MACs), params (M), images/s. Each model is a numbered,
+    coloured point (the same in the three panels of its row) and the row's legend names the numbers, so that ten
+    or more models stay readable; an axis whose values span more than 10x is logarithmic."""
     groups = list(dict.fromkeys(leaderboard["group"]))
     x_columns = ("GFLOPs (MACs)", "params (M)", "images/s")
-    fig, axes = plt.subplots(len(groups), 3, figsize=(15, 4 * len(groups)), squeeze=False)
+    most = max(int((leaderboard["group"] == g).sum()) for g in groups)
+    row_height = max(4.0, 0.28 * most + 1.5)
+    fig, axes = plt.subplots(len(groups), 3, figsize=(18, row_height * len(groups)), squeeze=False)
+    colours = plt.get_cmap("tab20").colors
     for axes_row, group in zip(axes, groups):
-        rows = leaderboard[leaderboard["group"] == group]
+        rows = leaderboard[leaderboard["group"] == group].reset_index(drop=True)
+        y = rows[HEADLINE_COLUMN].to_numpy(dtype=float)
         for ax, column in zip(axes_row, x_columns):
             x = rows[column].to_numpy(dtype=float)
-            y = rows[HEADLINE_COLUMN].to_numpy(dtype=float)
-            known = np.isfinite(x)
-            ax.scatter(x[known], y[known], color="tab:blue")
-            for xi, yi, name in zip(x[known], y[known], rows["model"][known]):
-                ax.annotate(name, (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=7)
+            known = np.isfinite(x) & (x > 0)
+            for i in np.flatnonzero(known):
+                ax.scatter(x[i], y[i], color=colours[i % len(colours)], s=36, zorder=3)
+                ax.annotate(str(i + 1), (x[i], y[i]), textcoords="offset points", xytext=(4, 3), fontsize=7)
             if not known.any():
                 ax.text(0.5, 0.5, f"no {column} recorded", transform=ax.transAxes, ha="center", color="gray")
-            ax.set_xlabel(column)
+            elif x[known].max() > 10 * x[known].min():
+                ax.set_xscale("log")
+                ax.xaxis.set_major_locator(mticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+                ax.xaxis.set_major_formatter(mticker.FormatStrFormatter("%g"))
+                ax.xaxis.set_minor_formatter(mticker.NullFormatter())  # 2x10^0, 3x10^0 ... collide
+            ax.set_xlabel(column + (" (log scale)" if ax.get_xscale() == "log" else ""))
             ax.set_ylabel(f"{rows['metric'].iloc[0]} (mm)")
             ax.set_title(group, fontsize=9)
-            ax.grid(alpha=0.3)
+            ax.grid(alpha=0.3, which="both")
+        labels = [f"{i + 1}  {name}" for i, name in enumerate(rows["model"])]
+        markers = [plt.Line2D([], [], marker="o", linestyle="", color=colours[i % len(colours)])
+                   for i in range(len(rows))]
+        axes_row[-1].legend(markers, labels, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7,
+                            frameon=False, title="model", title_fontsize=8)
     fig.tight_layout()
     report.mark_figure(fig, banner)
     return fig

@@ -14,3 +14,8 @@ def show(obj) -> None:
         print(obj)
     else:
         display(obj)
+
+
+def number(value: float) -> str:
+    """How tables show a float: 2 decimals (mm), small non-zero values (p-values) with 2 significant digits."""
+    return f"{value:.2g}" if value != 0 and abs(value) < 0.01 else f"{value:.2f}"

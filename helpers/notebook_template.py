@@ -41,8 +41,10 @@ except ImportError:
 %matplotlib inline
 import pandas as pd
 from helpers import runner, widgets
+from helpers.display import number
 
 pd.set_option("display.max_colwidth", 120)
+pd.set_option("display.float_format", number)  # mm with 2 decimals; small p-values with 2 significant digits
 print(f"helpers {helpers.__version__} from {Path(helpers.__file__).parent}")'''
 
 
@@ -100,8 +102,9 @@ def model_notebook(family) -> nbformat.NotebookNode:
         md(f"# {text.title}\n\n{text.intro}\n\n{_variant_table(family)}\n\n"
            "Every step below is one call into `helpers.runner`. Change the parameters cell (or pass them with "
            "papermill, see `python -m helpers batch`) and run all cells. With no real data under the input roots "
-           "the notebook runs on a generated demo set with **random demo weights**; its numbers are meaningless and "
-           "every table says so."),
+           "the notebook runs on a **generated** demo set (synthetic people in the Human3.6M format), with **random "
+           "demo weights** unless CHECKPOINT names your own; every table and file says which data and which "
+           "weights it used."),
         parameters,
         code(SETUP),
         md("## Environment\nPython, torch, CUDA and every GPU with its compute capability. A GPU this torch build "
@@ -132,7 +135,7 @@ def model_notebook(family) -> nbformat.NotebookNode:
     cells += [
         md("## Save\n`result.json` (validated against the schema), per-action/per-joint CSV and PNG"
            + (", and the RootNet-format bbox_root file for the other notebooks." if root else ".")),
-        code("run.save()"),
+        code("result_file = run.save()"),
         md("## Paper comparison\nMeasured minus published, graded: |Δ| < 1 mm excellent, < 2 very good, < 5 "
            "acceptable, otherwise investigate."),
         code("run.paper_comparison()"),
@@ -166,6 +169,8 @@ for problem in consolidated.problems:
     print(f"problem: {problem}")
 if consolidated.any_random_demo:
     print("Some results come from RANDOM DEMO WEIGHTS: their numbers are meaningless (marked in every table).")
+if consolidated.any_generated_data:
+    print("Some results were evaluated on GENERATED data, not Human3.6M (marked in every table).")
 consolidated.leaderboard'''
 
 SHOW_PLOTS = '''\
@@ -186,8 +191,8 @@ def consolidate_notebook() -> nbformat.NotebookNode:
            "(what the model notebooks and `python -m helpers batch` write), validates it, and writes "
            "`REPORT.md`, `leaderboard.csv` (with each headline's 95 % interval), `pairwise.csv` (every two models "
            "of a group compared on the images both evaluated), `summary.json` and the plots. Numbers are ranked "
-           "only within one group (kind, protocol, box and root source); results from random demo weights are "
-           "marked."),
+           "only within one group (kind, protocol, box and root source); results from random demo weights or "
+           "generated data are marked."),
         parameters,
         code(setup),
         md("## Leaderboard"),

@@ -6,6 +6,7 @@ import ast
 import importlib.util
 import json
 import os
+import re
 from pathlib import Path
 
 import nbformat
@@ -151,8 +152,15 @@ def test_model_notebook_runs_headless_and_writes_a_valid_result(executed, name):
         assert (executed / "rootnet" / "bbox_root_human36m_output.json").is_file()
     nb = nbformat.read(executed / "runs" / name, as_version=4)
     text = "\n".join(str(o.get("text", "")) for c in nb.cells if c.cell_type == "code" for o in c.outputs)
-    assert "RANDOM DEMO WEIGHTS" in text
+    assert "RANDOM DEMO WEIGHTS" in text and "GENERATED DATA" in text
     assert "interactive controls skipped" in text
+    # tables show mm with 2 decimals, and no cell ends with a stray value (the save cell's path)
+    results = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "execute_result"]
+    assert not [o for o in results if "PosixPath" in o["data"].get("text/plain", "")]
+    evaluation = next(o["data"]["text/plain"] for c in nb.cells if c.cell_type == "code" and
+                      c.source.startswith("run.evaluate()") for o in c.outputs if o.output_type == "execute_result")
+    numbers = re.findall(r"\d+\.\d+", evaluation)
+    assert numbers and all(len(n.split(".")[1]) == 2 for n in numbers), evaluation
 
 
 def test_consolidate_notebook_writes_the_report(executed):
