@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd  # noqa: F401  (PerSample.frame)
 
 from . import metrics
+from .errors import FixableError
 from .geometry import DEPTH_EXTENT_MM, heatmap_to_camera
 from .h36m import ImageCheck, TestSet, find_ids
 from .protocol import (ACTION_NAMES, EVAL_JOINT_NAMES, EVAL_JOINTS, NUM_JOINTS,
@@ -27,8 +28,9 @@ OFFICIAL_HEADERS = {"mpjpe": "Protocol 2 error (MPJPE)", "pa_mpjpe_rigid_fit18":
 FIRST_IDS_RECORDED = 20
 
 
-class PredictionError(ValueError):
-    """A predictions file or array that cannot be evaluated. The message says what is wrong."""
+class PredictionError(FixableError, ValueError):
+    """A predictions file or array that cannot be evaluated. The message says what is wrong (a setting that gets
+    past it is named in `setting`: helpers.errors)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -199,8 +201,8 @@ def _match(test_set: TestSet, image_id: np.ndarray, allow_partial: bool, excused
     if len(unexcused) and not allow_partial:
         raise PredictionError(
             f"{what} cover {len(test_rows)} of {len(test_set)} test samples: {len(unexcused)} are missing "
-            f"(first image ids {unexcused[:5].tolist()}); finish or resume the inference run, or pass "
-            "allow_partial=True (--allow-partial) to evaluate the covered samples only")
+            f"(first image ids {unexcused[:5].tolist()}); finish or resume the inference run, or evaluate the "
+            "covered samples only as a partial result", setting="allow_partial")
     return test_rows, pred_row_of_test[test_rows], unexcused
 
 
@@ -345,8 +347,8 @@ def _check_crops(test_set: TestSet, pred: dict, test_rows: np.ndarray, pred_rows
         if not np.isclose(in_w / in_h, test_set.aspect_ratio, rtol=1e-6):
             raise PredictionError(
                 f"the predictions come from a {in_h}x{in_w} (H x W) input, aspect ratio {in_w / in_h:.4g}, but the "
-                f"test set's boxes have aspect ratio {test_set.aspect_ratio:.4g}; load the test set with "
-                f"load_test_set(..., aspect_ratio={in_w / in_h:.6g}) (rescore: --aspect-ratio)")
+                f"test set's boxes have aspect ratio {test_set.aspect_ratio:.4g}; evaluate with boxes padded to "
+                f"aspect ratio {in_w / in_h:.6g}", setting="aspect_ratio", value=f"{in_w / in_h:.6g}")
     if "bbox" in pred:
         made_on = pred["bbox"][pred_rows]
         here = test_set.bbox[test_rows]

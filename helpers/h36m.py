@@ -16,6 +16,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from .errors import FixableError
 from .geometry import fit_boxes_to_aspect, process_bboxes, world_to_camera
 from .protocol import (ACTION_NAMES, FIRST_ACTION_IDX, L_SHOULDER, R_SHOULDER,
                        get_protocol)
@@ -27,8 +28,9 @@ IMAGE_SEARCH_DEPTH = 5
 FIRST_SHOWN = 5  # how many ids / paths an error message lists
 
 
-class DataError(Exception):
-    """A problem with the input data. The message says what is wrong and what to do."""
+class DataError(FixableError):
+    """A problem with the input data. The message says what is wrong and what to do (a setting that gets past it
+    is named in `setting`, worded by the notebook or command that shows it: helpers.errors)."""
 
 
 def _subject_files(annotation_dir: Path, subject: int) -> dict[str, Path]:
@@ -530,9 +532,9 @@ def check_images(test_set: TestSet, roots, skip_missing: bool = False) -> ImageC
     missing = [p for p, ok in zip(paths, exists) if not ok]
     if missing and not skip_missing:
         raise DataError(f"{len(missing)} of {len(paths)} test images are missing under {_first(image_roots, 3)} "
-                        f"(first: {_first(missing, 3)}); complete the image folders, or pass the explicit skip "
-                        "option (skip_missing=True, or skip_missing_images in the notebooks) to evaluate the "
-                        "others and record the skipped ones")
+                        f"(first: {_first(missing, 3)}); complete the image folders, or skip the missing images "
+                        "explicitly (the others are evaluated and the skipped ones recorded)",
+                        setting="skip_missing_images")
     if len(missing) == len(paths):
         raise DataError(f"none of the {len(paths)} test images exist under {_first(image_roots, 3)} "
                         f"(first expected: {_first(missing, 3)}); point the image root at the Human3.6M test images")

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import save_npz, write_json
+from .errors import remedy
 from .evaluate import PerSample, PredictionError, evaluate_predictions, load_predictions
 from .report import format_table
 from .h36m import DataError, load_test_set
@@ -198,6 +199,10 @@ def model_decode_settings(pred: dict) -> tuple[float | None, float | None, str |
     return aspect, extent, (spec.protocol_note or None) if spec is not None else None
 
 
+RESCORE_REMEDIES = {"allow_partial": "pass --allow-partial to do so",
+                    "aspect_ratio": "pass --aspect-ratio {value}"}
+
+
 def rescore_main(argv: list[str] | None = None) -> int:
     from .models.registry import load_family_file
 
@@ -216,7 +221,7 @@ def rescore_main(argv: list[str] | None = None) -> int:
         print(format_table(result))
         files = write_result(args.out, result, per_sample)
     except (DataError, PredictionError, OSError, ValueError) as exc:
-        print(f"rescore failed: {exc}", file=sys.stderr)
+        print(f"rescore failed: {remedy(exc, RESCORE_REMEDIES)}", file=sys.stderr)
         return 1
     print(f"wrote {files['result']} and {files['per_sample_errors']}")
     return 0

@@ -35,6 +35,7 @@ import pandas as pd
 
 from . import environment as env
 from .display import show
+from .errors import remedy
 from .h36m import GENERATED_MARKER_FILE, DataError, find_ids, find_real_annotations, generated_marker
 from .results import BBOX_ROOT_FILE, RESULT_FILE
 
@@ -47,6 +48,10 @@ GENERATED_DATA_BANNER = ("GENERATED DATA: this run evaluates on synthetic data i
                          "Human3.6M; its numbers cannot be compared with published results.")
 QUALITATIVE_FILE_NAME = "qualitative_samples.png"
 QUALITATIVE_COUNT = 4
+
+
+# The remedies of helpers.errors.FixableError in notebook parameters.
+NOTEBOOK_REMEDIES = {"skip_missing_images": "set SKIP_MISSING_IMAGES = True to do so"}
 
 
 class ConfigError(ValueError):
@@ -771,7 +776,10 @@ def prepare(params: RunParams):
         notes.append(f"{data.describe()}: the numbers are not Human3.6M results")
 
     if params.image_limit is None:
-        image_check = check_images(test_set, [data_root], skip_missing=params.skip_missing_images)
+        try:
+            image_check = check_images(test_set, [data_root], skip_missing=params.skip_missing_images)
+        except DataError as exc:
+            raise DataError(remedy(exc, NOTEBOOK_REMEDIES)) from None
         selected = image_check.kept_indices
     else:
         image_check = check_images(test_set, [data_root], skip_missing=True)

@@ -196,7 +196,8 @@ def test_missing_images_error_or_skip(tmp_path, golden_test_set):
     with pytest.raises(h36m.DataError) as err:
         h36m.check_images(ts, tmp_path)
     msg = str(err.value)
-    assert "4 of 1065 test images are missing" in msg and str(first_missing) in msg and "skip_missing=True" in msg
+    assert "4 of 1065 test images are missing" in msg and str(first_missing) in msg and "skip the missing images" in msg
+    assert err.value.setting == "skip_missing_images"  # each front end words the remedy (helpers.errors)
     check = h36m.check_images(ts, tmp_path, skip_missing=True)
     assert check.num_missing == 4
     np.testing.assert_array_equal(check.kept_indices, sorted(set(range(len(ts))) - skip))

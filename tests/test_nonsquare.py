@@ -112,7 +112,7 @@ def test_predictions_made_on_other_crop_boxes_are_refused(square, tall):
     pred = _encoded_ground_truth(tall, extent)
     with pytest.raises(evaluate.PredictionError, match="other crop boxes"):
         evaluate.evaluate(square, {**pred, "bbox": tall.bbox}, depth_extent_mm=extent)
-    with pytest.raises(evaluate.PredictionError, match=r"aspect_ratio=0\.75"):
+    with pytest.raises(evaluate.PredictionError, match=r"evaluate with boxes padded to aspect ratio 0\.75"):
         evaluate.evaluate(square, {**pred, "input_shape": np.array([384, 288])}, depth_extent_mm=extent)
     ok = evaluate.evaluate(tall, {**pred, "bbox": tall.bbox, "input_shape": np.array([384, 288])},
                            depth_extent_mm=extent)
@@ -177,5 +177,5 @@ def test_rescore_reads_the_aspect_ratio_and_depth_extent_from_the_predictions(ch
     # Square boxes do not match the crops the predictions were made on: a clear refusal, no file.
     refused = tmp_path / "refused.json"
     assert rescore_main(args[:-1] + [str(refused), "--aspect-ratio", "1"]) == 1
-    assert "aspect_ratio=0.75" in capsys.readouterr().err
+    assert "pass --aspect-ratio 0.75" in capsys.readouterr().err
     assert not refused.exists()

@@ -271,7 +271,7 @@ def test_missing_images_fail_fast_or_are_skipped_and_recorded(demo_cache, tmp_pa
     root = _partial_copy(runner.ensure_demo_data(demo_cache), tmp_path / "data")
     monkeypatch.setattr(runner, "_resolve_checkpoint", lambda params, spec, cache, data, notes: (
         runner.ensure_demo_checkpoint(cache, spec.model_id), "test", "random_demo"))
-    with pytest.raises(DataError, match=r"test images are missing.*s_11_act.*skip"):
+    with pytest.raises(DataError, match=r"test images are missing.*s_11_act.*set SKIP_MISSING_IMAGES = True"):
         runner.prepare(_params(demo_cache, tmp_path, data_root=str(root)))
     with pytest.raises(DataError, match=r"selected test images are missing.*SKIP_MISSING_IMAGES"):
         runner.prepare(_params(demo_cache, tmp_path, data_root=str(root), image_limit=10))

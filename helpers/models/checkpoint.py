@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from .checkpoint_file import read_checkpoint, sniff_format
-from .registry import MODEL_FILE_HELP, MODEL_REGISTRY, clean_family_keys, get_spec, load_model_files
+from .registry import MODEL_FILE_HELP, MODEL_REGISTRY, clean_family_keys, get_spec, load_model_files, own_model_ids
 from .safe_pickle import _REDOWNLOAD_ADVICE, MAX_TENSORS, CheckpointError, _short, show_key
 
 
@@ -426,7 +426,11 @@ def inspect_main(argv: list[str] | None = None) -> int:
                                      description="Inspect a checkpoint: format, model, epoch, params, sha256, keys.")
     parser.add_argument("path", help="checkpoint file, extracted torch-zip folder, or tar")
     parser.add_argument("--model-file", action="append", default=[], metavar="FILE", help=MODEL_FILE_HELP)
-    parser.add_argument("--model-id", choices=sorted(MODEL_REGISTRY), help="load as this model (default: detect)")
+    parser.add_argument("--model-id", choices=sorted(MODEL_REGISTRY), metavar="ID",
+                        help="load as this model (default: detect from the shapes): a built-in id "
+                             f"({', '.join(sorted(set(MODEL_REGISTRY) - set(own_model_ids())))}) or an id of a "
+                             "family given with --model-file"
+                             + (f" (given: {', '.join(own_model_ids())})" if own_model_ids() else ""))
     parser.add_argument("--allow-nonfinite", action="store_true",
                         help="load even if some weights are NaN/inf (they are listed)")
     args = parser.parse_args(argv)

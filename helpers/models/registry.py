@@ -22,7 +22,7 @@ from .spec import CheckpointSource, Family, ModelSpec, NotebookText, PaperResult
 __all__ = ["BUILTIN_FAMILY_MODULES", "FAMILIES", "MODEL_REGISTRY", "CheckpointSource", "Family", "ModelSpec",
            "NotebookText", "PaperResult", "UnknownModelError", "build_model", "clean_family_keys", "display_name",
            "family_files", "get_family", "get_spec", "list_models", "load_family_file", "load_model_files",
-           "register_family", "resolve_model_id"]
+           "own_model_ids", "register_family", "resolve_model_id"]
 
 BUILTIN_FAMILY_MODULES = ("convnextpose", "posenet", "rootnet", "mobilehumanpose", "integral")
 
@@ -112,6 +112,11 @@ def load_model_files(argv: list[str] | None) -> list[Family]:
 def family_files() -> list[str]:
     """The family files loaded from outside the package (resolved paths), in loading order."""
     return list(_FAMILY_FILES)
+
+
+def own_model_ids() -> list[str]:
+    """The model ids of the families loaded from family files outside the package."""
+    return [spec.model_id for name in _FAMILY_FILES.values() for spec in FAMILIES[name].models]
 
 
 def _with_source(family: Family, source: str) -> Family:
