@@ -90,7 +90,7 @@ def find_annotation_dir(root: str | os.PathLike) -> Path:
     if not candidates:
         raise DataError(f"no Human36M_subject*_data.json found under {root} (searched {visited} folders, "
                         f"{ANNOTATION_SEARCH_DEPTH} levels deep, e.g. 'annotations (1)/annotations/'); "
-                        "give the Human3.6M annotation folder or a folder above it")
+                        "give the Human3.6M annotation folder or a folder above it", setting="annotation_dir")
     return min(candidates)[3]
 
 

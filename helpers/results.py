@@ -200,7 +200,8 @@ def model_decode_settings(pred: dict) -> tuple[float | None, float | None, str |
 
 
 RESCORE_REMEDIES = {"allow_partial": "pass --allow-partial to do so",
-                    "aspect_ratio": "pass --aspect-ratio {value}"}
+                    "aspect_ratio": "pass --aspect-ratio {value}",
+                    "annotation_dir": "pass it as --annotations"}
 
 
 def rescore_main(argv: list[str] | None = None) -> int:

@@ -129,7 +129,9 @@ def golden_pred(golden_eval_dir):
 
 
 def _run_cli(args, capsys):
-    code = ev.main(args)
+    from helpers.results import rescore_main
+
+    code = rescore_main(args)
     captured = capsys.readouterr()
     return code, captured.err
 
