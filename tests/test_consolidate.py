@@ -96,14 +96,15 @@ def test_consolidate_leaderboard_and_files(results_dir, consolidated):
 def test_report_markdown_states_conventions_and_warnings(consolidated):
     text = consolidated.files["report"].read_text()
     for expected in ("frame_idx % 64 == 0", "test subjects S9, S11", "17 evaluated", "root joint Pelvis",
-                     "**Alignment:**", "similarity", "**Averaging:**", "action_mean", "box ground truth",
+                     "**Alignment:**", "similarity", "**Averaging:**", "action_mean",
+                     "**Boxes and roots:** ground-truth boxes, ground-truth roots",
                      "**Flip test:** on", DEMO_MARKER.upper(), "`posenet`", "## Problems found", "garbled",
                      "![", "headline_bars.png", "per_action_heatmap.png", "accuracy_vs_cost.png",
                      "| ConvNeXtPose L | convnextpose_L | 50.10 |"):
         assert expected in text, expected
     # pose and root are separate tables under separate headings
-    assert "### Protocol 2 MPJPE, ground truth box/root" in text
-    assert "### Protocol 2 MRPE, ground truth box\n" in text
+    assert "### Protocol 2 MPJPE, ground-truth boxes, ground-truth roots" in text
+    assert "### Protocol 2 MRPE, ground-truth boxes\n" in text
 
 
 def test_mixed_protocols_and_flip_settings_are_grouped_and_flagged(tmp_path):
@@ -115,7 +116,7 @@ def test_mixed_protocols_and_flip_settings_are_grouped_and_flagged(tmp_path):
     out = cons.consolidate(root, tmp_path / "elsewhere")
     assert out.files["report"].parent == tmp_path / "elsewhere"
     assert len(out.groups) == 3
-    assert out.groups[0].startswith("Protocol 2 MPJPE, ground truth")
+    assert out.groups[0].startswith("Protocol 2 MPJPE, ground-truth boxes, ground-truth roots")
     p1 = out.leaderboard.set_index("result").loc["cnp_p1"]
     assert p1["metric"] == "PA-MPJPE rigid fit18" and p1["paper (mm)"] == 34.5
     assert p1[cons.HEADLINE_COLUMN] == pytest.approx(50.0 * 0.68)

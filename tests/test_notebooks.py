@@ -24,7 +24,7 @@ MODEL_NOTEBOOKS = {  # notebook -> (variant run in the test, model id it writes)
     "posenet.ipynb": ("R50", "posenet"),
 }
 ALL_NOTEBOOKS = [*MODEL_NOTEBOOKS, "consolidate.ipynb"]
-MODEL_PARAMETERS = ("MODEL", "VARIANT", "CHECKPOINT", "DATA_ROOT", "PROTOCOL", "USE_GT_INFO", "BBOX_ROOT",
+MODEL_PARAMETERS = ("MODEL", "VARIANT", "CHECKPOINT", "DATA_ROOT", "PROTOCOL", "USE_GT_INFO", "BBOX_ROOT", "DETECTOR_BOXES",
                     "FLIP_TEST", "BATCH_SIZE", "PRECISION", "DECODE", "DEVICE", "WORLD_SIZE", "IMAGE_LIMIT", "OUTPUT_DIR", "DEMO",
                     "SKIP_MISSING_IMAGES", "SEED")
 PREPARE_CELL = 6  # index of `runner.prepare(...)` in the model notebooks, before papermill injects its cell
