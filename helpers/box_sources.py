@@ -210,10 +210,20 @@ def describe_detector_file(path, file_sha256: str | None, entries: int, repeated
             "format": "detector output (unprocessed boxes; process_bbox applied)", "note": note}
 
 
+def _file_boxes(description: dict) -> dict:
+    """The boxes of a bbox_root file: `file` is where they first came from (a sidecar's detector file), `via` the
+    bbox_root file when that differs."""
+    boxes = {**description["boxes"], "rule": FILE_BOX_RULE}
+    if boxes.get("file") and boxes["file"] != description["file"]:
+        boxes["via"] = description["file"]
+    else:
+        boxes["file"] = description["file"]
+    return boxes
+
+
 def sources_for_bbox_root(description: dict, check: dict) -> dict:
     """The `sources` block of a run whose boxes and roots both come from a bbox_root file."""
-    return {"boxes": {**description["boxes"], "rule": FILE_BOX_RULE, "file": description["file"]},
-            "roots": {**description["roots"], "file": description["file"]},
+    return {"boxes": _file_boxes(description), "roots": {**description["roots"], "file": description["file"]},
             "bbox_root_file": _file_block(description), "protocol_check": check}
 
 
@@ -221,7 +231,7 @@ def sources_for_detector_boxes(box_file: dict, check: dict | None, from_bbox_roo
     """The `sources` block of a run on detector boxes with ground-truth roots (what a RootNet run gets: its own roots
     replace them). `box_file` is a `describe_detector_file` or `describe_bbox_root` description."""
     if from_bbox_root:
-        boxes = {**box_file["boxes"], "rule": FILE_BOX_RULE, "file": box_file["file"]}
+        boxes = _file_boxes(box_file)
         block = {"bbox_root_file": _file_block(box_file)}
     else:
         boxes = {"source": "detector", "label": box_label("detector"), "rule": GT_BOX_RULE.replace(

@@ -141,8 +141,10 @@ def source_origin(result: dict) -> str:
     elif bbox_root:
         parts.append(f"bbox_root file {Path(str(bbox_root.get('file'))).name} ({bbox_root.get('origin')} origin)")
     boxes, roots = sources.get("boxes") or {}, sources.get("roots") or {}
-    if boxes.get("source") == "detector" and (sources.get("detector_file") or boxes.get("from")):
-        parts.append(f"boxes from {(sources.get('detector_file') or {}).get('file') or boxes.get('from')}")
+    if boxes.get("source") == "detector" and bbox_root.get("origin") != "released":
+        first = boxes.get("from") or (boxes.get("file") if boxes.get("file") != bbox_root.get("file") else None)
+        if first:
+            parts.append(f"boxes from {first}")
     if roots.get("source") == "rootnet_run":
         parts.append(f"roots of RootNet result {roots.get('result_id')} (checkpoint "
                      f"{str(roots.get('checkpoint_sha256'))[:12]}, {roots.get('weights')} weights)")

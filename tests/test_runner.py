@@ -295,6 +295,9 @@ def test_rootnet_on_detector_boxes_feeds_posenet_offline(demo_cache, tmp_path, n
     conv = pose_result["conventions"]
     assert (conv["bbox_source"], conv["root_source"]) == ("detector", "rootnet_run")
     assert conv["sources"]["roots"]["result_id"] == sidecar["roots"]["result_id"]
+    # the boxes' first file is still the detector's, reached through RootNet's bbox_root file
+    assert conv["sources"]["boxes"]["file"] == str(detector_file)
+    assert conv["sources"]["boxes"]["via"] == str(bbox_root_path)
     assert conv["protocol"] == 1 and pose_result["headline"]["metric"] == "pa_mpjpe_rigid_fit18"
     assert report.source_label(pose_result) == "detector boxes, RootNet roots (this run)"
     assert "detector boxes, RootNet roots (this run)" in pose_run.per_joint_table().columns.name
