@@ -126,9 +126,10 @@ class RunParams:
                                      "(RootNet: DETECTOR_BOXES)")
     bbox_root: str | None = _param(None, "RootNet-format bbox_root file (rootnet.ipynb writes one), used when "
                                          "USE_GT_INFO is False")
-    detector_boxes: str | None = _param(None, "RootNet with USE_GT_INFO = False: its boxes, from a person detector's "
-                                              "file in the official format (bbox_human36m_output.json) or from a "
-                                              "bbox_root file (its boxes; its roots are compared with RootNet's)")
+    detector_boxes: str | None = _param(None, "RootNet, when USE_GT_INFO is False: its boxes, from a person "
+                                              "detector's file in the official format (bbox_human36m_output.json) "
+                                              "or from a bbox_root file (its boxes; its roots are compared with "
+                                              "RootNet's)")
     flip_test: bool = _param(True, "average with the horizontally flipped crop{flip_note}")
     batch_size: int | None = _param(None, "None: the model's default")
     precision: str = _param("fp32", "\"fp32\": the official setting; \"fp16\"/\"bf16\": faster, checked against "
