@@ -644,8 +644,9 @@ class Run:
             _display(step())
         self.save()
         _display(self.paper_comparison())
-        if self.is_root_model:
-            _display(self.root_reproduction())
+        reproduction = self.root_reproduction() if self.is_root_model else None
+        if reproduction is not None:
+            _display(reproduction)
         self.plots()
         self.qualitative_samples()
         _display(self.files_table())
