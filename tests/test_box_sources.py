@@ -89,6 +89,8 @@ def test_a_protocol_2_file_given_to_a_protocol_1_run_is_flagged(frame_annotation
     # the same file on protocol 2 (here: its S11 part) is the official setting
     p2 = h36m.load_test_set(frame_annotations, protocol=2, subjects=[11], bbox_root=real_data_dir / P2_FILE)
     assert p2.sources["protocol_check"]["status"] == "match"
+    p2_result = ev.evaluate(p2, _pose_predictions(p2))
+    assert report.paper_comparison(p2_result, get_spec("posenet")).loc["MPJPE", "paper (mm)"] == 54.4
     # the leaderboard keeps it apart and lists it as a problem
     root = tmp_path / "results"
     for name, res in (("posenet_p1_file2", result), ("posenet_p1", ev.evaluate(
