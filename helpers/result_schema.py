@@ -127,6 +127,8 @@ RESULT_SCHEMA: dict = {
         "snapshot": {"type": "object", "required": ["run", "epoch", "file"],
                      "properties": {"run": {"type": "string"}, "epoch": {"type": ["integer", "null"]},
                                     "file": {"type": "string"}}},
+        "parameters": {"type": "object", "required": ["notebook", "values"],
+                       "properties": {"notebook": {"type": "string"}, "values": {"type": "object"}}},
         "per_sample_errors": {"type": "object", "required": ["file", "metrics"],
                               "properties": {"file": {"type": "string"},
                                              "metrics": {"type": "array", "items": {"type": "string"}}}},

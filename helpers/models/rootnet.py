@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from .common import check_input, soft_argmax_2d
+from .posenet import CITATION as CITATION_3DMPPE  # RootNet and PoseNet are one paper
 from .resnet import BACKBONE_CHANNELS, BACKBONE_STRIDE, DECONV_FILTERS, ResNetBackbone, deconv_layers
 from .spec import CheckpointSource, Family, ModelSpec, NotebookText, PaperResult
 
@@ -72,4 +73,5 @@ FAMILY = Family(
                "root position error; x, y, z mean absolute errors alongside). Its output, written here as a "
                "RootNet-format `bbox_root_human36m_output.json`, is what the pose notebooks accept as `BBOX_ROOT` "
                "(with `USE_GT_INFO = False`) to evaluate with detected boxes and roots.")),
+    citation=CITATION_3DMPPE,
 )
