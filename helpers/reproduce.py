@@ -218,6 +218,10 @@ def _repeat(result: dict, result_path: Path) -> list[str]:
                   "give another `OUTPUT_DIR` to keep both. Finished inference shards in that folder's `shards/` that "
                   "match this run (same weights, settings and crops) are reused: delete it to recompute every "
                   "prediction."]
+        if not parameters["notebook"].startswith(f"{NOTEBOOK_DIR}/"):
+            lines.append(f"- `{parameters['notebook']}` is the notebook `python -m helpers batch --model-file "
+                         f"{values.get('MODEL_FILE')} --out {values['OUTPUT_DIR']}` writes for this family file; "
+                         "any model notebook runs it with these parameters.")
         checkpoint = result.get("checkpoint") or {}
         if values.get("DEMO") is True:
             lines.append(f"- Demo mode: the generated data and the random weights are made again from SEED "
