@@ -174,10 +174,10 @@ consolidated.leaderboard'''
 SHOW_TABLES = '''\
 from IPython.display import Markdown, display
 
-from helpers.tables import markdown_table
+from helpers.tables import markdown_document
 
 for table in consolidated.tables:
-    display(Markdown(f"**{table.title}.** {table.caption}\\n\\n{markdown_table(table)}"))
+    display(Markdown(markdown_document(table)))
 print(f"LaTeX: {consolidated.files[\'tables_tex\']} (pdflatex compiles it as is); "
       f"BibTeX: {consolidated.files[\'references\']}")'''
 

@@ -324,6 +324,11 @@ def markdown_table(table: PaperTable) -> str:
     return "\n".join(lines) + ("\n\n" + legend if legend else "") + "\n"
 
 
+def markdown_document(table: PaperTable) -> str:
+    """The Markdown table with its title and caption (the `.md` file, the consolidation notebook)."""
+    return f"**{table.title}.** {table.caption}\n\n{markdown_table(table)}"
+
+
 def csv_table(table: PaperTable) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
@@ -392,7 +397,7 @@ def write_tables(tables: list[PaperTable], out_dir: str | Path, bibliography: st
     files = {}
     for table in tables:
         files[f"{table.slug}.tex"] = write_text(out_dir / f"{table.slug}.tex", latex_tabular(table))
-        files[f"{table.slug}.md"] = write_text(out_dir / f"{table.slug}.md", markdown_table(table))
+        files[f"{table.slug}.md"] = write_text(out_dir / f"{table.slug}.md", markdown_document(table))
         files[f"{table.slug}.csv"] = write_text(out_dir / f"{table.slug}.csv", csv_table(table))
     files[STANDALONE_FILE] = write_text(out_dir / STANDALONE_FILE, standalone_document(tables, bibliography))
     return files

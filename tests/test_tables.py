@@ -112,7 +112,8 @@ def test_tables_reproduce_result_json_to_one_decimal_in_paper_order(report_dir):
     header = (report_dir / "report" / "tables" / f"{SLUG}.tex").read_text().split("\\toprule\n")[1].split("\\\\")[0]
     assert [c.strip() for c in header.split("&")] == ["Method", *PAPER_COLUMNS]
     markdown = (report_dir / "report" / "tables" / f"{SLUG}.md").read_text().splitlines()
-    assert markdown[0] == "| Method | " + " | ".join(PAPER_COLUMNS) + " |"
+    assert markdown[0].startswith("**Protocol 2 MPJPE, ground truth box/root, per action.** Human3.6M Protocol 2")
+    assert markdown[2] == "| Method | " + " | ".join(PAPER_COLUMNS) + " |"
     lb = cons.consolidate(report_dir, report_dir / "again").leaderboard.set_index("result")
     measured = [r for r in rows if r["Source"] == "measured"]
     assert [r["Method"] for r in measured] == list(lb[lb["group"] == lb.loc["cnp_L", "group"]]["model"])
