@@ -77,7 +77,12 @@ def rescore_line(result: dict, result_path: Path) -> str | None:
     args = ["python", "-m", "helpers", "rescore", "--annotations", annotations, "--predictions", predictions,
             "--protocol", str(result["conventions"]["protocol"])]
     bbox_root = (result.get("annotations") or {}).get("bbox_root_file")
-    if bbox_root:
+    sources = result["conventions"].get("sources") or {}
+    if result["kind"] == "root" and (sources.get("boxes") or {}).get("source") == "detector":
+        detector = bbox_root or (sources.get("detector_file") or {}).get("file") or sources["boxes"].get("file")
+        if detector:  # the boxes the root predictions were made on
+            args += ["--detector-boxes", str(detector)]
+    elif bbox_root:
         args += ["--bbox-root", bbox_root]
     if result.get("partial"):
         args.append("--allow-partial")
@@ -154,7 +159,8 @@ def _data(result: dict) -> list[str]:
     rows = [("data", mode), ("annotations", annotations.get("dir")),
             ("split", f"Protocol {conv['protocol']}: test subjects {', '.join(f'S{s}' for s in conv['test_subjects'])}"
                       f", every {conv['frame_stride']}th frame"),
-            ("boxes / roots", f"{facts.bbox_source} / {facts.root_source}"
+            ("boxes / roots", report.source_label(result) + (" (roots: the model's output)" if result["kind"] == "root"
+                                                            else "")
                               + (f" ({annotations['bbox_root_file']})" if annotations.get("bbox_root_file") else "")),
             ("samples evaluated", f"{facts.samples} of {facts.expected}" + (" (PARTIAL)" if facts.partial else ""))]
     missing = result.get("missing")
@@ -163,6 +169,8 @@ def _data(result: dict) -> list[str]:
     skipped = result.get("skipped_images")
     if skipped:
         rows.append(("skipped images", f"{skipped['count']} (first: {', '.join(skipped['first_paths'])})"))
+    if conv.get("sources"):
+        rows.append(("box and root sources (recorded)", conv["sources"]))
     if conv.get("protocol_note"):
         rows.append(("protocol note", conv["protocol_note"]))
     return ["## Data", "", *_table(rows)]

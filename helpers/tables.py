@@ -186,10 +186,6 @@ def _reported_rows(members: list[Entry], actions, average: str) -> list[Row]:
     return rows
 
 
-def _words(source: str) -> str:
-    return source.replace("_", " ")
-
-
 def _caption(members: list[Entry], metric: str, options: TableOptions) -> str:
     result = members[0].result
     conv = result["conventions"]
@@ -201,7 +197,8 @@ def _caption(members: list[Entry], metric: str, options: TableOptions) -> str:
                   f"alignment: {conv['alignment'].get(metric, 'none')}"]
     else:
         parts.append(f"the root joint ({conv['root_joint']}) in absolute camera coordinates, no alignment")
-    parts.append(f"boxes: {_words(conv['bbox_source'])}; roots: {_words(conv['root_source'])}")
+    parts.append(f"boxes and roots: {report.source_label(result)}"
+                 + ("; roots: the model's output" if result["kind"] == "root" else ""))
     flips: dict[str, list[str]] = {}
     for entry in members:
         flips.setdefault({True: "on", False: "off"}.get(entry.result["conventions"].get("flip_test"), "unknown"),
@@ -221,8 +218,10 @@ def _caption(members: list[Entry], metric: str, options: TableOptions) -> str:
 
 
 def _slug(result: dict, metric: str) -> str:
-    text = f"protocol{result['conventions']['protocol']}_{metric}_{report.source_label(result)}"
-    if result["conventions"].get("protocol_note"):
+    conv = result["conventions"]
+    setting = f"{conv['bbox_source']}_boxes" + ("" if result["kind"] == "root" else f"_{conv['root_source']}_roots")
+    text = f"protocol{conv['protocol']}_{metric}_{setting}"
+    if conv.get("protocol_note"):
         text += "_other_protocol"
     return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
 

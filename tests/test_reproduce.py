@@ -97,6 +97,15 @@ def test_demo_partial_and_rescored_results(tmp_path):
                                     "--predictions", "/runs/posenet/predictions.npz", "--protocol", "2",
                                     "--allow-partial", "--out", str((tmp_path / "rescored.json").resolve())]
     assert reproduce.card_path(tmp_path / "rescored.json") == tmp_path / "rescored.REPRODUCE.md"
+    # a root result made on a detector's boxes is rescored on the same boxes
+    root = make_result("root", model_id="rootnet", base=120.0)
+    root["conventions"]["bbox_source"] = "detector"
+    root["conventions"]["sources"] = {"boxes": {"source": "detector", "file": "/data/bbox_human36m_output.json"},
+                                      "detector_file": {"file": "/data/bbox_human36m_output.json"}}
+    root["annotations"] = {"dir": "/data/annotations", "subjects": [9, 11], "bbox_root_file": None}
+    root["predictions"] = {"file": "/runs/rootnet/predictions.npz"}
+    command = re.search(r"```bash\n(.*?)\n```", reproduce.render_card(root, tmp_path / "result.json"), re.S).group(1)
+    assert "--detector-boxes /data/bbox_human36m_output.json" in command and "--bbox-root" not in command
 
 
 def test_an_invalid_result_writes_no_card(tmp_path):

@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 PAPER_COLUMNS = ["Dir.", "Disc.", "Eat", "Greet", "Phone", "Photo", "Pose", "Purch.", "Sit", "SitD.", "Smoke",
                  "Wait", "WalkD.", "Walk", "WalkT.", "Avg."]  # as the issue (and Martinez/Sun/Pavllo) print them
-SLUG = "protocol2_mpjpe_ground_truth_box_root"
+SLUG = "protocol2_mpjpe_ground_truth_boxes_ground_truth_roots"
 
 
 def _put(root, name, result) -> None:
@@ -89,6 +89,10 @@ def _latex_rows(report_dir, slug=SLUG) -> dict[str, list[str]]:
     return rows
 
 
+def lb_group(report_dir) -> str:
+    return json.loads((report_dir / "report" / "summary.json").read_text())["groups"][0]
+
+
 def _result(report_dir, name) -> dict:
     return json.loads((report_dir / name / "result.json").read_text())
 
@@ -104,15 +108,15 @@ def test_tables_reproduce_result_json_to_one_decimal_in_paper_order(report_dir):
     assert "tables.tex" in files
     for suffix in (".tex", ".md", ".csv"):
         assert f"{SLUG}{suffix}" in files
-        assert f"protocol1_pa_mpjpe_rigid_fit18_ground_truth_box_root{suffix}" in files
-        assert f"protocol2_mrpe_ground_truth_box{suffix}" in files
+        assert f"protocol1_pa_mpjpe_rigid_fit18_ground_truth_boxes_ground_truth_roots{suffix}" in files
+        assert f"protocol2_mrpe_ground_truth_boxes{suffix}" in files
     rows = _csv(report_dir)
     assert list(rows[0])[4:-2] == PAPER_COLUMNS
     latex = _latex_rows(report_dir)
     header = (report_dir / "report" / "tables" / f"{SLUG}.tex").read_text().split("\\toprule\n")[1].split("\\\\")[0]
     assert [c.strip() for c in header.split("&")] == ["Method", *PAPER_COLUMNS]
     markdown = (report_dir / "report" / "tables" / f"{SLUG}.md").read_text().splitlines()
-    assert markdown[0].startswith("**Protocol 2 MPJPE, ground truth box/root, per action.** Human3.6M Protocol 2")
+    assert markdown[0].startswith(f"**{lb_group(report_dir)}, per action.** Human3.6M Protocol 2")
     assert markdown[2] == "| Method | " + " | ".join(PAPER_COLUMNS) + " |"
     lb = cons.consolidate(report_dir, report_dir / "again").leaderboard.set_index("result")
     measured = [r for r in rows if r["Source"] == "measured"]
@@ -181,11 +185,11 @@ def test_captions_state_the_conventions(report_dir):
     text = (report_dir / "report" / "tables" / f"{SLUG}.tex").read_text()
     caption = " ".join(line[2:] for line in text.splitlines() if line.startswith("% "))
     for expected in ("Protocol 2", "test subjects S9, S11", "every 64th frame", "17 joints, root-relative",
-                     "alignment: none", "boxes: ground truth; roots: ground truth", "flip test: on",
+                     "alignment: none", "boxes and roots: ground-truth boxes, ground-truth roots", "flip test: on",
                      "Avg.: the official total, the mean over all samples × 17 joints", "papers' order",
                      "compared as printed"):
         assert expected in caption, expected
-    p1 = (report_dir / "report" / "tables" / "protocol1_pa_mpjpe_rigid_fit18_ground_truth_box_root.tex").read_text()
+    p1 = (report_dir / "report" / "tables" / "protocol1_pa_mpjpe_rigid_fit18_ground_truth_boxes_ground_truth_roots.tex").read_text()
     assert "test subjects S11" in p1 and "rotation + translation fitted on 18 joints" in p1.replace("\n% ", " ")
     report = (report_dir / "report" / "REPORT.md").read_text()
     assert "## Per-action tables for papers" in report and "| Method | Dir. | Disc. |" in report
@@ -202,7 +206,7 @@ def test_options_official_order_action_mean_and_extra_metric(report_dir, tmp_pat
     large = next(r for r in rows if r["Method"] == "ConvNeXtPose L")
     assert large["Avg."] == f"{_result(report_dir, 'cnp_L')['metrics']['mpjpe']['action_mean']:.1f}"
     assert "unweighted mean of the 15 action columns" in (tmp_path / "tables" / f"{SLUG}.tex").read_text()
-    similarity = tmp_path / "tables" / "protocol2_pa_mpjpe_similarity_ground_truth_box_root.csv"
+    similarity = tmp_path / "tables" / "protocol2_pa_mpjpe_similarity_ground_truth_boxes_ground_truth_roots.csv"
     assert similarity.is_file()
     with open(similarity, newline="") as f:
         first = next(r for r in csv.DictReader(f) if r["Method"] == "ConvNeXtPose L")
