@@ -331,15 +331,17 @@ def test_a_family_with_a_broken_citation_is_refused_where_it_is_declared():
 
 
 def test_a_family_file_result_is_cited_from_what_it_recorded(tmp_path):
+    """A family the registry does not know here (its file is not loaded) is cited from its result's record."""
     root = tmp_path / "res"
-    own = make_result(model_id="tinypose_s", base=60.0)
-    own["model"].update(family="tinypose", family_display_name="TinyPose", variant="S",
-                        citation="@misc{tiny2025, author={Doe, Jane}, title={TinyPose}, howpublished={README}, "
+    own = make_result(model_id="recordedpose_s", base=60.0)
+    assert "recordedpose" not in FAMILIES
+    own["model"].update(family="recordedpose", family_display_name="RecordedPose", variant="S",
+                        citation="@misc{tiny2025, author={Doe, Jane}, title={RecordedPose}, howpublished={README}, "
                                  "year={2025}}")
-    _put(root, "tinypose_s", own)
+    _put(root, "recordedpose_s", own)
     out = cons.consolidate(root, tmp_path / "report")
     assert [e.key for e in parse_entries((tmp_path / "report" / "references.bib").read_text())] == ["tiny2025"]
-    assert "TinyPose S \\cite{tiny2025}" in (tmp_path / "report" / "tables" / f"{SLUG}.tex").read_text()
+    assert "RecordedPose S \\cite{tiny2025}" in (tmp_path / "report" / "tables" / f"{SLUG}.tex").read_text()
     assert out.tables[0].rows[0].citation_key == "tiny2025"
 
 
