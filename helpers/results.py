@@ -5,7 +5,8 @@ same code for the notebooks and for `rescore`.
     python -m helpers rescore --annotations DIR --predictions predictions.npz --out result.json
 
 re-evaluates a saved predictions file (pose or root) without rerunning a model, and writes
-`result.json` and `per_sample_errors.npz` next to it.
+`result.json` and `per_sample_errors.npz` next to it. Every result.json gets its reproduction card
+`REPRODUCE.md` beside it (helpers.reproduce), written by the same call.
 
 Files of one model's output folder (`<output_dir>/<model_id>/`): `RESULT_FILE`, `PREDICTIONS_FILE`,
 `PER_SAMPLE_FILE`, and for root models `BBOX_ROOT_FILE` (what the pose notebooks accept as BBOX_ROOT).
@@ -27,6 +28,7 @@ from .atomic import save_npz, write_json
 from .errors import remedy
 from .evaluate import PerSample, PredictionError, evaluate_predictions, load_predictions
 from .report import format_table
+from .reproduce import render_card, write_card
 from .h36m import DataError, load_test_set
 from .result_schema import validate_result
 
@@ -103,6 +105,7 @@ def run_blocks(spec, *, checkpoint_info: dict, checkpoint_path, checkpoint_sourc
         "input_shape": list(spec.input_shape), "output_shape": list(spec.output_shape),
         "depth_dim": spec.depth_dim, "mean": list(spec.mean), "std": list(spec.std),
         "paper": dataclasses.asdict(spec.paper),
+        "citation": get_family(spec.family).citation or None,  # cited by the report even without the family file
     }
     if declarations:
         model_block["declarations_check"] = declarations
@@ -139,9 +142,11 @@ def _timing_value(value) -> int | float | None:
 
 def write_result(result_path: str | Path, result: dict, per_sample: PerSample | None = None,
                  timing: dict | None = None) -> dict[str, Path]:
-    """Validate `result` (with `timing` added) once and write it, and the per-sample errors beside it, atomically.
+    """Validate `result` (with `timing` added) once and write it, the per-sample errors and the reproduction card
+    (`REPRODUCE.md`, helpers.reproduce) beside it, atomically.
 
-    Returns {"result": path, "per_sample_errors": path}. Nothing is written when the result is invalid."""
+    Returns {"result": path, "per_sample_errors": path, "reproduce": path}. Nothing is written when the result
+    is invalid."""
     result_path = Path(result_path)
     if timing is not None:
         result["timing"] = {k: _timing_value(v) for k, v in timing.items()}
@@ -150,9 +155,11 @@ def write_result(result_path: str | Path, result: dict, per_sample: PerSample | 
         sample_path = per_sample_path(result_path)
         result["per_sample_errors"] = {"file": sample_path.name, "metrics": list(per_sample.errors)}
     validate_result(result)
+    card = render_card(result, result_path)  # before anything is written: a card that cannot be made stops here
     if per_sample is not None:
         files["per_sample_errors"] = save_per_sample(sample_path, per_sample)
     files["result"] = write_json(result_path, result)
+    files["reproduce"] = write_card(result, result_path, card)
     return files
 
 
@@ -203,6 +210,16 @@ def model_decode_settings(pred: dict) -> tuple[float | None, float | None, str |
     return aspect, extent, (spec.protocol_note or None) if spec is not None else None
 
 
+def generated_data_evidence(test_set) -> str | None:
+    """What says a test set's annotations are generated: their files' info entry, or a marker file above them."""
+    from .h36m import generated_marker
+
+    if test_set.generated:
+        return f"the annotation files' info.generated_by = {test_set.generated_by!r}"
+    marker = generated_marker(test_set.annotation_dir.parent, test_set.annotation_dir)
+    return f"marked by {marker}" if marker else None
+
+
 RESCORE_REMEDIES = {"allow_partial": "pass --allow-partial to do so",
                     "aspect_ratio": "pass --aspect-ratio {value}",
                     "annotation_dir": "pass it as --annotations"}
@@ -223,6 +240,10 @@ def rescore_main(argv: list[str] | None = None) -> int:
                                  detector_boxes=args.detector_boxes, aspect_ratio=aspect)
         result, per_sample = evaluate_predictions(test_set, pred, allow_partial=args.allow_partial,
                                                   depth_extent_mm=extent, protocol_note=note)
+        evidence = generated_data_evidence(test_set)
+        if evidence:  # annotations the demo generator wrote: never reported as real, whoever evaluates them
+            result["data"] = {"kind": "generated", "annotation_dir": str(test_set.annotation_dir),
+                              "evidence": evidence, "note": GENERATED_DATA_NOTE}
         print(format_table(result))
         files = write_result(args.out, result, per_sample)
     except (DataError, PredictionError, OSError, ValueError) as exc:

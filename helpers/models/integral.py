@@ -60,6 +60,14 @@ def build_integral(depth: int = 50, input_shape=(256, 256), depth_dim: int = 64,
 # Integral Human Pose normalises with ImageNet's statistics in 0-255 units (its own, unlike the 3DMPPE family).
 MEAN = (123.675, 116.28, 103.53)
 STD = (58.395, 57.12, 57.375)
+# As published (ECCV 2018, with Fangyin Wei); the official README still cites the arXiv preprint.
+CITATION = """@inproceedings{sun2018integral,
+  title     = {Integral Human Pose Regression},
+  author    = {Sun, Xiao and Xiao, Bin and Wei, Fangyin and Liang, Shuang and Wei, Yichen},
+  booktitle = {Proceedings of the European Conference on Computer Vision (ECCV)},
+  pages     = {529--545},
+  year      = {2018}
+}"""
 
 
 def _paper_variant(depth: int, **kw) -> ModelSpec:
@@ -116,4 +124,5 @@ FAMILY = Family(
                "The only released checkpoint is the "
                "ECCV'18 challenge ResNet-152 at 384x288 input, trained on a different split, so its numbers are not "
                "comparable with the paper's Protocol 1/2 figures.")),
+    citation=CITATION,
 )
