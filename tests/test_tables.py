@@ -176,9 +176,9 @@ def test_demo_generated_and_partial_rows_are_marked_in_the_table(report_dir):
     for legend in ("random-initialised demo weights", "generated demo data", "partial run"):
         assert legend in text.split("\\bottomrule")[1]  # legend rows inside the tabular
     md = (report_dir / "report" / "tables" / f"{SLUG}.md").read_text()
-    assert "PoseNet R50 [random demo]†‡ |" in md and "† random-initialised demo weights" in md
+    assert "PoseNet R50 [random demo] [generated data]†‡ |" in md and "† random-initialised demo weights" in md
     rows = {r["Method"]: r for r in _csv(report_dir)}
-    assert rows["PoseNet R50 [random demo]"]["Flags"] == "random_weights;generated_data"
+    assert rows["PoseNet R50 [random demo] [generated data]"]["Flags"] == "random_weights;generated_data"
 
 
 def test_captions_state_the_conventions(report_dir):
