@@ -108,7 +108,7 @@ def run_blocks(spec, *, checkpoint_info: dict, checkpoint_path, checkpoint_sourc
         settings.setdefault(key, getattr(params, key, None))
     blocks = {"model": model_block, "weights": weights, "checkpoint": checkpoint, "environment": environment,
               "settings": settings}
-    for key in ("precision_check", "crop_cache", "decode_check"):  # what the engine measured
+    for key in ("precision_check", "device_check", "crop_check", "crop_cache", "decode_check"):  # engine's checks
         if inference.get(key) is not None:
             blocks[key] = inference[key]
     if snapshot is not None:

@@ -104,8 +104,8 @@ def test_environment_report_unsupported_gpu(monkeypatch):
     assert report["gpu_count"] == 2
     p100, t4 = report["gpus"]
     assert p100 == {"index": 0, "name": "Tesla P100-PCIE-16GB", "memory_gb": 16.0, "capability": "sm_60",
-                    "supported": False}
-    assert t4["supported"] is True and t4["capability"] == "sm_75"
+                    "supported": False, "tf32": False}
+    assert t4["supported"] is True and t4["capability"] == "sm_75" and t4["tf32"] is False  # TF32 needs sm_80
     warning = report["warnings"][0]
     assert "P100" in warning and "sm_60" in warning and '"GPU T4 x2"' in warning
     assert not any("Tesla T4" in w for w in report["warnings"])
