@@ -2,7 +2,7 @@
 alone, and (`--gpu-check`) what a CUDA machine does with every model.
 
 `python -m helpers benchmark --model ID [ID ...] [--device auto|cpu|cuda] [--batch-size N] [--iters N]
-[--repeats N] [--precision fp32|fp16|bf16] [--json FILE] [--data DIR] [--cache-dir DIR]`
+[--repeats N] [--precision fp32|tf32|fp16|bf16] [--json FILE] [--data DIR] [--cache-dir DIR]`
 
 `python -m helpers benchmark --gpu-check [--model ID ...] [--json FILE] [--data DIR] [--budget-s S]`
 
@@ -15,9 +15,9 @@ Model ids may also be comma-separated (`--model convnextpose_XS,posenet`). For e
     figures; it decodes nothing and every crop is a hit;
 (iii) `pipeline_over_forward` on the warm cache = the warm run's inference images/s (read cached crops,
     normalise, flip, forward, un-flip and merge, gather) / the forward pass alone (`engine.forward_batch` on
-    the pre-made network inputs of one batch, the flip test as ONE forward of 2B images, the same threads
-    via `engine.torch_settings`, after `WARMUP_FORWARDS` warm-up forwards). 1.0 means the pipeline adds
-    nothing to the model's own time.
+    the pre-made network inputs of one batch, the flip test as ONE forward of 2B images, the same threads and
+    strict fp32 numerics via `engine.torch_settings`, after `WARMUP_FORWARDS` warm-up forwards). 1.0 means the
+    pipeline adds nothing to the model's own time.
 Forward and warm pipeline alternate for `--repeats` rounds and the fastest round of each is reported (like
 `timeit`'s minimum): on a shared or throttled machine the fastest round is the least disturbed one. Every
 round is kept in the JSON. `--precision` goes to both; a reduced precision that `run_inference`'s fp32
@@ -27,14 +27,18 @@ The cache directory is a temporary folder unless `--cache-dir` is given (its per
 `--gpu-check` (CUDA only; without a CUDA GPU it prints one line and exits 2, writing nothing) runs, within
 `--budget-s` (default 270 s; models that do not fit are listed as skipped), for each pose model and RootNet
 at its `spec.default_batch_size` (halved on CUDA out-of-memory): forward-alone and full-pipeline (warm cache)
-images/s in fp32 and fp16 and their peak memory (`torch.cuda.max_memory_allocated`); the fp16 deviation from
-fp32 in mm (`run_inference`'s `precision_check`, measured on real crops, fallback allowed); the CUDA crop vs
-the CPU crop of the same decoded images (must be identical); nvjpeg vs CPU JPEG decoding
-(`crop_cache.check_gpu_decoder`) and both decoders' images/s; and the projected time of the full Protocol-2
-set (8,695 images, flip test) per model = 8695 / fp32 pipeline images/s, plus the four ConvNeXtPose variants
-on two GPUs = (sum of their four projections) / 2, assuming the two GPUs split the work evenly. The
-measurements are functions taking a device (`crop_identity_check`, `decode_check`, `gpu_check_model`), so
-they also run on "cpu".
+images/s in strict fp32, tf32 and fp16, pipeline/forward, and their peak memory (`torch.cuda.max_memory_allocated`);
+the fp32 forward with `cudnn.benchmark` on (the official scripts' setting) against the strict default; the
+tf32 and fp16 deviation from strict fp32 in mm (`run_inference`'s `precision_check`, measured on real crops,
+fallback allowed); the CUDA-vs-CPU deviation in mm of 8 crops with TF32 off and on (`engine.check_device`,
+against the device check's tolerance); the CUDA crop vs the CPU crop of the same decoded images (must be
+identical); nvjpeg vs CPU JPEG decoding (`crop_cache.check_gpu_decoder`) and both decoders' images/s; with two or
+more GPUs, 1-process vs 2-process predictions of the first model (must be identical: `multi_process_check`);
+and the projected time of the full Protocol-2 set (8,695 images, flip test) per model = 8695 / fp32 pipeline
+images/s, plus the four ConvNeXtPose variants on two GPUs = (sum of their four projections) / 2, assuming the two
+GPUs split the work evenly. The measurements are functions taking a device (`crop_identity_check`,
+`decode_check`, `gpu_check_model`, `multi_process_check`), so they also run on "cpu". The pipeline runs here
+leave the device check off (it is measured on its own) and keep the crop check.
 
 Without `--data`, the generated demo dataset (`helpers.demo_data`, synthetic images at the real 1000x1002 /
 1000x1000 sizes) is used. Random weights: throughput does not depend on the weight values.
@@ -752,7 +756,7 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"timed batches (default 5; --gpu-check: forwards per measurement, default {GPU_CHECK_ITERS})")
     parser.add_argument("--repeats", type=int, default=3, help="alternating rounds of forward and warm pipeline; "
                         "the best of each counts")
-    parser.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32",
+    parser.add_argument("--precision", choices=("fp32", "tf32", "fp16", "bf16"), default="fp32",
                         help="passed to the forward alone and to run_inference (default fp32, the official setting)")
     parser.add_argument("--json", type=Path, help="write the report here (atomically)")
     parser.add_argument("--data", type=Path, help="a Human3.6M folder (annotations + images); default: generated demo data")

@@ -332,9 +332,11 @@ def _is_oom(exc: BaseException) -> bool:
 
 def release_cached_memory(device: torch.device) -> None:
     """Give the CUDA caching allocator's free blocks back (called outside any `except` block: while an exception
-    is being handled, its traceback still holds the failed frame's tensors)."""
-    gc.collect()
+    is being handled, its traceback still holds the failed frame's tensors). Waits for the device first, so no
+    queued copy still reads a host buffer that is about to be refilled."""
     if device.type == "cuda":
+        gc.collect()  # models dropped by the caller may sit in reference cycles
+        torch.cuda.synchronize(device)
         torch.cuda.empty_cache()
 
 
