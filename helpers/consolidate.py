@@ -473,7 +473,9 @@ def render_report(consolidated: Consolidated, results_dir: Path, plots: dict[str
             columns={HEADLINE_COLUMN: f"{metric} (mm)"})), ""]
     lines += ["## How each row was verified", "",
               "The `verified` column says what each result was checked with on the machine that ran it (CI has no "
-              "GPU, so every run checks itself there): " + report.VERIFICATION_EXPLAINED, ""]
+              "GPU, so every run checks itself there):", "",
+              *[f"- **{check}**: {meaning}" for check, meaning in report.VERIFICATION_EXPLAINED.items()],
+              f"- {report.VERIFICATION_MARKS}", ""]
     lines += _intervals_section(consolidated)
     lines += _snapshots_section(consolidated)
     if plots:

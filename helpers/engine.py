@@ -333,8 +333,9 @@ def _is_oom(exc: BaseException) -> bool:
 def release_cached_memory(device: torch.device) -> None:
     """Give the CUDA caching allocator's free blocks back (called outside any `except` block: while an exception
     is being handled, its traceback still holds the failed frame's tensors). Waits for the device first, so no
-    queued copy still reads a host buffer that is about to be refilled."""
-    if device.type == "cuda":
+    queued copy still reads a host buffer that is about to be refilled. A process that has not used CUDA has
+    nothing to release, and no CUDA context is created for it."""
+    if device.type == "cuda" and torch.cuda.is_initialized():
         gc.collect()  # models dropped by the caller may sit in reference cycles
         torch.cuda.synchronize(device)
         torch.cuda.empty_cache()

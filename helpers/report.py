@@ -96,17 +96,21 @@ def write_csv(frame: pd.DataFrame, path: str | os.PathLike, float_format: str = 
 
 
 # ---------------------------------------------------------------------------------------------- verification
-VERIFICATION_EXPLAINED = (
-    "**precision**: the arithmetic of the forward passes. fp32 is the official setting; \"TF32 off\" means strict "
-    "fp32 (PyTorch otherwise rounds convolution inputs to a 10-bit mantissa on Ampere and newer GPUs), \"TF32 on\" "
-    "that `PRECISION = \"tf32\"` was asked for; tf32/fp16/bf16 were first compared with fp32 on the run's own "
-    "crops. **device**: before the run, 8 of its crops went through the model on its device and on the CPU, both in "
-    "strict fp32; ✓ means the joints agreed on average within a tolerance derived from float32 arithmetic (at "
-    "most 0.1 mm), so that GPU reproduces the CPU's arithmetic; – means the check did not run (CPU runs by default). **crop**: 8 of "
-    "its images were decoded and cropped by OpenCV 4.x exactly as the official code does; ✓ means identical pixels, – "
-    "that OpenCV 4.x was not available. **decode**: the JPEG decoder; cpu is identical to `cv2.imread` on "
-    "Human3.6M, nvjpeg was compared with the CPU decoder on the run's own images. ✗ marks a failed check (see the "
-    "warnings above); ? a result written before the check existed.")
+VERIFICATION_EXPLAINED = {
+    "precision": "the arithmetic of the forward passes. fp32 is the official setting; \"TF32 off\" means strict fp32 "
+                 "(PyTorch otherwise rounds convolution inputs to a 10-bit mantissa on Ampere and newer GPUs), "
+                 "\"TF32 on\" that `PRECISION = \"tf32\"` was asked for; tf32/fp16/bf16 were first compared with "
+                 "fp32 on the run's own crops.",
+    "device": "before the run, 8 of its crops went through the model on its device and on the CPU, both in strict "
+              "fp32: ✓ means the joints agreed on average within a tolerance derived from float32 arithmetic (at most "
+              "0.1 mm), so that GPU reproduces the CPU's arithmetic; – means the check did not run (CPU runs by "
+              "default).",
+    "crop": "8 of its images were decoded and cropped by OpenCV 4.x exactly as the official code does: ✓ means "
+            "identical pixels, – that OpenCV 4.x was not available.",
+    "decode": "the JPEG decoder: cpu is identical to `cv2.imread` on Human3.6M; nvjpeg was compared with the CPU "
+              "decoder on the run's own images.",
+}
+VERIFICATION_MARKS = "✗ marks a failed check; ? a result written before the check existed."
 
 
 def _device_word(check) -> str:

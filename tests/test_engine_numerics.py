@@ -31,7 +31,8 @@ from helpers.result_schema import PRECISION_NAMES
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import golden  # noqa: E402  (tests/golden.py: the golden fill rule)
 from test_engine import tiny_pose_model  # noqa: E402
-from test_engine_cuda_logic import ARCH_LIST, NUM_SAMPLES, SPEC, T4, _config, dataset  # noqa: E402,F401
+from test_engine_cuda_logic import (ARCH_LIST, NUM_SAMPLES, SPEC, T4, _config, _SmallGPU,  # noqa: E402,F401
+                                    dataset)
 
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities:DeprecationWarning")
 
@@ -241,23 +242,11 @@ def test_a_failed_device_check_warns_or_stops_the_run(xs_run, tmp_path, monkeypa
 
 def test_out_of_memory_without_torch_OutOfMemoryError_halves_and_releases_outside_except(dataset, tmp_path,
                                                                                          monkeypatch):
-    oom_class = torch.cuda.OutOfMemoryError
     monkeypatch.delattr(torch, "OutOfMemoryError", raising=False)  # torch < 2.4 has only torch.cuda's
-
-    class SmallGPU(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.net = tiny_pose_model()
-
-        def forward(self, x):
-            if x.shape[0] > 4:
-                raise oom_class("CUDA out of memory. Tried to allocate 2.00 GiB")
-            return self.net(x)
-
     released = []
     monkeypatch.setattr(engine, "release_cached_memory", lambda device: released.append(sys.exc_info()[0]))
     test_set, paths = dataset
-    result = run_inference(SPEC, SmallGPU(), test_set, paths, _config(tmp_path, batch_size=8))
+    result = run_inference(SPEC, _SmallGPU(), test_set, paths, _config(tmp_path, batch_size=8))
     assert result["settings"]["batch_size_used"] == 2 and result["rank_stats"][0]["oom_events"] == 2
     assert len(released) >= 2 and released == [None] * len(released)  # never inside an except block
     # A plain RuntimeError saying "out of memory" (what torch raised before 1.13) is recognised too.
