@@ -448,7 +448,7 @@ def render_report(consolidated: Consolidated, results_dir: Path, plots: dict[str
                   "set; their numbers are not comparable with full runs or the published values.", ""]
     reduced = [r.name for r in consolidated.results if result_precision(r.result) not in (None, "fp32")]
     if reduced:
-        lines += [f"> **Reduced precision:** {', '.join(f'`{p}`' for p in reduced)} ran in fp16/bf16, which is not "
+        lines += [f"> **Reduced precision:** {', '.join(f'`{p}`' for p in reduced)} ran in tf32/fp16/bf16, which is not "
                   "the official setting (the official code runs in fp32). Each records its measured deviation from "
                   "fp32 on its own crops (`precision_check` in its result.json).", ""]
     failed = [(r.name, p) for r in consolidated.results for p in report.verification_problems(r.result)]

@@ -181,7 +181,7 @@ def test_each_row_shows_its_precision_and_reduced_precision_is_marked_unofficial
     assert board.loc["cnp_fp16", "precision"] == "fp16 (not official; ≤0.43 mm vs fp32)"
     assert board.loc["posenet_amp", "precision"] == "fp16 (not official)"
     text = out.files["report"].read_text()
-    assert "**Reduced precision:** `cnp_fp16`, `posenet_amp` ran in fp16/bf16" in text
+    assert "**Reduced precision:** `cnp_fp16`, `posenet_amp` ran in tf32/fp16/bf16" in text
     assert "fp16 (not official; ≤0.43 mm vs fp32)" in text
 
 
