@@ -3,8 +3,8 @@
     python -m helpers consolidate [RESULTS_DIR] [--out DIR]
 
 RESULTS_DIR defaults to `environment.default_output_dir()`; the report goes to `RESULTS_DIR/report/`.
-Results are grouped by what their numbers mean (kind, protocol, box/root source): numbers are only ranked and
-plotted side by side inside one group. Invalid files are listed as problems, never dropped silently.
+Results are grouped by what their numbers mean (kind, protocol, box source and root source): numbers are only
+ranked, compared pairwise and plotted side by side inside one group. Invalid files are listed as problems, never dropped silently.
 """
 from __future__ import annotations
 
@@ -35,8 +35,9 @@ LEADERBOARD_COLUMNS = (
     "model", "model_id", "group", "metric", HEADLINE_COLUMN, "ci95_low", "ci95_high", "MPJPE (mm)", "PA rigid (mm)",
     "PA similarity (mm)",
     "action mean (mm)", "MRPE x (mm)", "MRPE y (mm)", "MRPE z (mm)", "paper (mm)", "Δ (mm)", "grade",
-    "params (M)", "GFLOPs (MACs)", "images/s", "protocol", "bbox source", "root source", "flip test", "precision",
-    "verified", "device", "batch size", "images evaluated", "images expected", "partial", "weights", "result",
+    "params (M)", "GFLOPs (MACs)", "images/s", "protocol", "bbox source", "root source", "box/root origin",
+    "flip test", "precision", "verified",
+    "device", "batch size", "images evaluated", "images expected", "partial", "weights", "result",
 )
 FILE_NAMES = {
     "report": "REPORT.md", "leaderboard": "leaderboard.csv", "summary": "summary.json",
@@ -107,21 +108,49 @@ def load_results(results_dir: Path) -> tuple[list[LoadedResult], list[str]]:
 
 # ---------------------------------------------------------------------------------------------- the table
 def group_key(result: dict) -> tuple:
-    """Numbers are comparable only within one (kind, protocol, box source, root source, protocol note).
+    """Numbers are comparable only within one (kind, protocol, box source, root source, protocol note, bbox_root
+    file of another protocol).
 
-    A protocol note (e.g. the Integral challenge checkpoint's own crop and split) always gets a group of its own."""
+    A protocol note (e.g. the Integral challenge checkpoint's own crop and split) always gets a group of its own, and
+    so do runs on a bbox_root file made for another protocol."""
     conv = result["conventions"]
     kind_rank = 0 if result["kind"] == "pose" else 1
     note = conv.get("protocol_note") or ""
-    return (kind_rank, -int(conv["protocol"]), bool(note), note, conv["bbox_source"] != "ground_truth",
-            conv["bbox_source"], conv["root_source"])
+    mismatch = report.protocol_mismatch(result) is not None
+    return (kind_rank, -int(conv["protocol"]), bool(note), note, mismatch, conv["bbox_source"] != "ground_truth",
+            conv["root_source"] != "ground_truth", conv["bbox_source"], conv["root_source"])
 
 
 def group_label(result: dict) -> str:
     metric = report.HEADLINE_LABELS[result["headline"]["metric"]]
     label = f"Protocol {result['conventions']['protocol']} {metric}, {report.source_label(result)}"
     note = result["conventions"].get("protocol_note")
+    if report.protocol_mismatch(result):
+        file_protocol = result["conventions"]["sources"]["protocol_check"].get("file_protocol")
+        label += f" [bbox_root file made for protocol {file_protocol}]"
     return f"{label} [not comparable: {note}]" if note else label
+
+
+def source_origin(result: dict) -> str:
+    """Where a result's boxes and roots came from beyond their kind: the files, the RootNet run, the released file."""
+    sources = result["conventions"].get("sources") or {}
+    parts = []
+    bbox_root = sources.get("bbox_root_file") or {}
+    if bbox_root.get("origin") == "released":
+        parts.append(f"released RootNet output, protocol {bbox_root.get('protocol')}")
+    elif bbox_root:
+        parts.append(f"bbox_root file {Path(str(bbox_root.get('file'))).name} ({bbox_root.get('origin')} origin)")
+    boxes, roots = sources.get("boxes") or {}, sources.get("roots") or {}
+    if boxes.get("source") == "detector" and bbox_root.get("origin") != "released":
+        first = boxes.get("from") or (boxes.get("file") if boxes.get("file") != bbox_root.get("file") else None)
+        if first:
+            parts.append(f"boxes from {first}")
+    if roots.get("source") == "rootnet_run":
+        parts.append(f"roots of RootNet result {roots.get('result_id')} (checkpoint "
+                     f"{str(roots.get('checkpoint_sha256'))[:12]}, {roots.get('weights')} weights)")
+    if not sources and "detected" in (result["conventions"]["bbox_source"], result["conventions"]["root_source"]):
+        parts.append("not recorded (result written before box and root sources were told apart)")
+    return "; ".join(parts)
 
 
 def display_name(result: dict, fallback: str) -> str:
@@ -202,6 +231,7 @@ def _row(item: LoadedResult) -> dict:
         "protocol": int(conv["protocol"]),
         "bbox source": conv["bbox_source"],
         "root source": conv["root_source"],
+        "box/root origin": source_origin(result),
         "flip test": conv.get("flip_test"),
         "precision": precision_label(result),
         "verified": report.verification_label(result),
@@ -266,6 +296,14 @@ def convention_problems(results: list[LoadedResult]) -> list[str]:
                     "flip_test", "frame_stride", "test_subjects") else ", ".join(i.name for i in items)
                 problems.append(f"group '{label}' mixes {what} ({names}): compare these rows with care")
     for item in results:
+        mismatch = report.protocol_mismatch(item.result)
+        if mismatch:
+            problems.append(f"`{item.name}`: {mismatch}; it gets no paper grade")
+        conv = item.result["conventions"]
+        if "detected" in (conv["bbox_source"], conv["root_source"]):
+            problems.append(f"`{item.name}` was written before box and root sources were recorded separately: its "
+                            "\"detected\" boxes and roots may be ground-truth boxes with RootNet roots; it gets no "
+                            "paper grade (rescore it with --bbox-root)")
         if item.result["partial"]:
             problems.append(f"`{item.name}` is a PARTIAL run ({item.result['num_samples']} of "
                             f"{item.result['num_expected']} samples): not comparable with full runs or the paper")
@@ -422,8 +460,9 @@ def _conventions_section(results: list[LoadedResult]) -> list[str]:
             f"- **Split:** Protocol {conv['protocol']}, test subjects "
             f"{', '.join(f'S{s}' for s in conv['test_subjects'])}, every {conv['frame_stride']}th frame "
             f"(`frame_idx % {conv['frame_stride']} == 0`).",
-            f"- **Box / root source:** box {conv['bbox_source'].replace('_', ' ')}, "
-            f"root {conv['root_source'].replace('_', ' ')}.",
+            f"- **Boxes and roots:** {report.source_label(result)} (`bbox_source` {conv['bbox_source']}, "
+            f"`root_source` {conv['root_source']})"
+            + (f"; {source_origin(result)}" if source_origin(result) else "") + ".",
             f"- **Flip test:** {', '.join(flips)}.",
             *_convention_lines(conv, per_group),
             "",
@@ -477,6 +516,7 @@ def render_report(consolidated: Consolidated, results_dir: Path, plots: dict[str
               *[f"- **{check}**: {meaning}" for check, meaning in report.VERIFICATION_EXPLAINED.items()],
               f"- {report.VERIFICATION_MARKS}", ""]
     lines += _intervals_section(consolidated)
+    lines += _reproduction_section(consolidated)
     lines += _snapshots_section(consolidated)
     if plots:
         lines += ["## Plots", ""]
@@ -507,6 +547,23 @@ def _intervals_section(consolidated: Consolidated) -> list[str]:
         lines += [f"### {group}", "", markdown_table(rows), ""]
     if (pairwise["note"] != "").any():
         lines += ["Rows with a note compare partial results on their common samples only.", ""]
+    return lines
+
+
+def _reproduction_section(consolidated: Consolidated) -> list[str]:
+    """Root results run on a bbox_root file's boxes: their roots against the file's, sample by sample."""
+    lines = []
+    for item in consolidated.results:
+        table = report.root_reproduction_frame(item.result)
+        if table is None:
+            continue
+        if not lines:
+            lines = ["## RootNet reproduction check", "",
+                     "A RootNet run on the boxes of a bbox_root file, compared with that file's roots image by image. "
+                     "On the released file's boxes with the released checkpoint of the same protocol it reproduces the "
+                     "authors' run, and the two should agree closely.", ""]
+        lines += [f"### `{item.name}`: {table.columns.name}", "",
+                  markdown_table(table.reset_index()), ""]
     return lines
 
 

@@ -137,8 +137,20 @@ def model_notebook(family) -> nbformat.NotebookNode:
            + (", and the RootNet-format bbox_root file for the other notebooks." if root else ".")),
         code("run.save()"),
         md("## Paper comparison\nMeasured minus published, graded: |Δ| < 1 mm excellent, < 2 very good, < 5 "
-           "acceptable, otherwise investigate."),
+           "acceptable, otherwise investigate. A published number is used only for the setting it was published "
+           "in: ground-truth boxes and roots, or detector boxes with RootNet roots; any other box and root "
+           "source gets no paper value, and the grade says why."),
         code("run.paper_comparison()"),
+    ]
+    if root:
+        cells += [
+            md("## RootNet reproduction check\nWith `USE_GT_INFO = False` and `DETECTOR_BOXES` set to a bbox_root file "
+               "(the released RootNet output, for instance), RootNet runs on that file's boxes, and its roots are "
+               "compared with the file's, image by image (mm). On the released file's boxes with the released "
+               "checkpoint of the same protocol this reproduces the authors' run: the two should agree closely."),
+            code("run.root_reproduction()"),
+        ]
+    cells += [
         md("## Plots"),
         code("run.plots()"),
         md("## Qualitative samples\nFrom the best to the worst sample: the crop with the prediction"

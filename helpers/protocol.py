@@ -103,10 +103,14 @@ class Conventions:
         "total": "mean over all samples x 17 joints (official 'tot')",
         "action_mean": "unweighted mean of the 15 per-action means (VideoPose3D style)",
     })
-    bbox_source: str = "ground_truth"  # or "detected" (RootNet-format bbox_root file)
-    root_source: str = "ground_truth"  # or "detected"
+    # Where boxes and roots come from, two separate facts (helpers.box_sources): box "ground_truth" | "detector" |
+    # "unknown"; root "ground_truth" | "rootnet_released" | "rootnet_run" | "generated" | "unknown" (a root model's
+    # own result: "evaluated (model output)"). Results written before they were told apart say "detected".
+    bbox_source: str = "ground_truth"
+    root_source: str = "ground_truth"
     flip_test: bool | None = None  # None: unknown (e.g. rescoring a dump that does not say)
     units: str = "mm"
+    sources: dict = field(default_factory=dict)  # the details: files, hashes, RootNet run, protocol check
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -115,8 +119,9 @@ class Conventions:
         return d
 
 
-def conventions_for(protocol: int, *, detected: bool = False, flip_test: bool | None = None) -> Conventions:
+def conventions_for(protocol: int, *, bbox_source: str = "ground_truth", root_source: str = "ground_truth",
+                    flip_test: bool | None = None, sources: dict | None = None) -> Conventions:
     p = get_protocol(protocol)
-    src = "detected" if detected else "ground_truth"
     return Conventions(protocol=p.number, test_subjects=p.test_subjects, frame_stride=p.frame_stride,
-                       bbox_source=src, root_source=src, flip_test=flip_test)
+                       bbox_source=bbox_source, root_source=root_source, flip_test=flip_test,
+                       sources=dict(sources or {}))

@@ -148,7 +148,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--predictions", required=True,
                    help="predictions.npz: pose (image_id, coords, output_shape, depth_dim) or root (image_id, root_cam)")
     p.add_argument("--bbox-root", default=None,
-                   help="RootNet-format file with detected boxes and roots (default: ground-truth box and root)")
+                   help="RootNet-format file whose boxes and roots the pose predictions used (default: ground-truth "
+                        "box and root); where it comes from is read from its sidecar or recognised by its hash")
+    p.add_argument("--detector-boxes", default=None,
+                   help="root predictions made on a detector's boxes: the detector file (bbox_human36m_output.json) "
+                        "or the bbox_root file whose boxes were used (then its roots are compared with the predictions)")
     p.add_argument("--protocol", type=int, choices=(1, 2), default=2)
     p.add_argument("--aspect-ratio", type=float, default=None,
                    help="the model's input width / height the crop boxes were padded to (default: from the "
@@ -193,7 +197,7 @@ def rescore_main(argv: list[str] | None = None) -> int:
         aspect = args.aspect_ratio if args.aspect_ratio is not None else (aspect or 1.0)
         extent = args.depth_extent_mm if args.depth_extent_mm is not None else extent
         test_set = load_test_set(args.annotations, protocol=args.protocol, bbox_root=args.bbox_root,
-                                 aspect_ratio=aspect)
+                                 detector_boxes=args.detector_boxes, aspect_ratio=aspect)
         result, per_sample = evaluate_predictions(test_set, pred, allow_partial=args.allow_partial,
                                                   depth_extent_mm=extent, protocol_note=note)
         print(format_table(result))

@@ -24,7 +24,7 @@ MODEL_NOTEBOOKS = {  # notebook -> (variant run in the test, model id it writes)
     "posenet.ipynb": ("R50", "posenet"),
 }
 ALL_NOTEBOOKS = [*MODEL_NOTEBOOKS, "consolidate.ipynb"]
-MODEL_PARAMETERS = ("MODEL", "VARIANT", "CHECKPOINT", "DATA_ROOT", "PROTOCOL", "USE_GT_INFO", "BBOX_ROOT",
+MODEL_PARAMETERS = ("MODEL", "VARIANT", "CHECKPOINT", "DATA_ROOT", "PROTOCOL", "USE_GT_INFO", "BBOX_ROOT", "DETECTOR_BOXES",
                     "FLIP_TEST", "BATCH_SIZE", "PRECISION", "DECODE", "DEVICE", "WORLD_SIZE", "IMAGE_LIMIT", "OUTPUT_DIR", "DEMO",
                     "SKIP_MISSING_IMAGES", "SEED")
 PREPARE_CELL = 6  # index of `runner.prepare(...)` in the model notebooks, before papermill injects its cell
@@ -40,6 +40,19 @@ def _parameters_cells(nb) -> list:
 
 
 # ------------------------------------------------------------------------------------------------ static
+@pytest.mark.parametrize("name", MODEL_NOTEBOOKS)
+def test_papermill_reads_every_parameter_with_its_help(name):
+    """papermill's own parser (`papermill --help-notebook`) understands each line of the parameters cell (a comment
+    holding "=" defeats it)."""
+    import dataclasses
+
+    from papermill.translators import PythonTranslator
+
+    parsed = PythonTranslator.inspect(_parameters_cells(_read(name))[0])
+    assert [p.name for p in parsed] == [f.name.upper() for f in dataclasses.fields(runner.RunParams)]
+    assert all(p.help for p in parsed)
+
+
 @pytest.mark.parametrize("name", ALL_NOTEBOOKS)
 def test_notebook_is_clean_valid_nbformat_with_one_parameters_cell(name):
     nb = _read(name)

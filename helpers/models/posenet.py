@@ -51,6 +51,6 @@ FAMILY = Family(
         file="posenet.ipynb", title="PoseNet (3DMPPE, ICCV 2019) on Human3.6M", default_variant="R50",
         intro=("3DMPPE PoseNet: ResNet-50 with three deconvolution layers, a 64x64x64 heatmap volume per joint and a "
                "soft-argmax. The paper reports Protocol 2 MPJPE with the ground-truth box and root and with "
-               "RootNet's detected box and root (run rootnet.ipynb, then set `USE_GT_INFO = False` and "
-               "`BBOX_ROOT`).")),
+               "detector boxes and RootNet roots (set `USE_GT_INFO = False` and `BBOX_ROOT` to the released RootNet "
+               "output, or to the file rootnet.ipynb writes when run on detector boxes).")),
 )
