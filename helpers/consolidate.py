@@ -5,6 +5,8 @@
 RESULTS_DIR defaults to `environment.default_output_dir()`; the report goes to `RESULTS_DIR/report/`.
 Results are grouped by what their numbers mean (kind, protocol, box source and root source): numbers are only
 ranked, compared pairwise and plotted side by side inside one group. Invalid files are listed as problems, never dropped silently.
+The paper-ready per-action tables (LaTeX, Markdown, CSV and a standalone `tables.tex`, helpers.tables) go to
+`report/tables/`, the BibTeX entries of the families compared to `report/references.bib`.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from . import comparisons, report, stats
+from . import tables as paper_tables
 from .atomic import write_json, write_text
 from .comparisons import PAIRWISE_COLUMNS, SNAPSHOT_COLUMNS
 from .models.registry import FAMILIES, MODEL_REGISTRY
@@ -70,6 +73,7 @@ class Consolidated:
     pairwise: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=list(PAIRWISE_COLUMNS)))
     snapshots: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=list(SNAPSHOT_COLUMNS)))
     files: dict[str, Path] = field(default_factory=dict)
+    tables: list = field(default_factory=list)  # helpers.tables.PaperTable, one per group and metric
 
     @property
     def groups(self) -> list[str]:
@@ -153,12 +157,17 @@ def source_origin(result: dict) -> str:
     return "; ".join(parts)
 
 
-def display_name(result: dict, fallback: str) -> str:
+def model_name(result: dict, fallback: str) -> str:
+    """"<family display name> <variant>" (e.g. "ConvNeXtPose L"), else the model id, else `fallback`."""
     model = result.get("model") or {}
     # The family's display name: as the result recorded it, else the registry's, else the family id.
     known = FAMILIES.get(model.get("family"))
     family = model.get("family_display_name") or (known.display_name if known else model.get("family"))
-    name = f"{family} {model['variant']}" if family and model.get("variant") else model.get("model_id") or fallback
+    return f"{family} {model['variant']}" if family and model.get("variant") else model.get("model_id") or fallback
+
+
+def display_name(result: dict, fallback: str) -> str:
+    name = model_name(result, fallback)
     if result.get("snapshot"):  # one epoch of a sweep (helpers.sweep)
         name += f" @ epoch {result['snapshot'].get('epoch')}"
     return name + (DEMO_TAG if report.is_random_demo(result) else "") + (PARTIAL_TAG if result["partial"] else "")
@@ -204,11 +213,17 @@ def _recorded_spec(model: dict, kind: str):
                      builder="unknown:unknown", kind=kind, paper=paper)
 
 
+def result_spec(result: dict):
+    """The model spec of a result: the registry's, else one made of the paper numbers the result recorded."""
+    model = result.get("model") or {}
+    return MODEL_REGISTRY.get(model.get("model_id")) or _recorded_spec(model, result["kind"])
+
+
 def _row(item: LoadedResult) -> dict:
     result = item.result
     metrics = result["metrics"]
     model = result.get("model") or {}
-    spec = MODEL_REGISTRY.get(model.get("model_id")) or _recorded_spec(model, result["kind"])
+    spec = result_spec(result)
     settings = result.get("settings") or {}
     conv = result["conventions"]
     headline_metric = result["headline"]["metric"]
@@ -515,6 +530,7 @@ def render_report(consolidated: Consolidated, results_dir: Path, plots: dict[str
               "GPU, so every run checks itself there):", "",
               *[f"- **{check}**: {meaning}" for check, meaning in report.VERIFICATION_EXPLAINED.items()],
               f"- {report.VERIFICATION_MARKS}", ""]
+    lines += _tables_section(consolidated)
     lines += _intervals_section(consolidated)
     lines += _reproduction_section(consolidated)
     lines += _snapshots_section(consolidated)
@@ -529,6 +545,21 @@ def render_report(consolidated: Consolidated, results_dir: Path, plots: dict[str
     lines += ["## Problems found", ""]
     lines += [f"- {p}" for p in consolidated.problems] if consolidated.problems else ["None."]
     return "\n".join(lines) + "\n"
+
+
+def _tables_section(consolidated: Consolidated) -> list[str]:
+    if not consolidated.tables:
+        return []
+    lines = ["## Per-action tables for papers", "",
+             f"Each table is in `{paper_tables.TABLES_SUBDIR}/` as a booktabs tabular to `\\input` (`.tex`), as "
+             f"Markdown (below) and as CSV; `{paper_tables.TABLES_SUBDIR}/{paper_tables.STANDALONE_FILE}` holds them "
+             f"all in one document that compiles with pdflatex, and `{paper_tables.REFERENCES_FILE}` the BibTeX "
+             "entries they cite.", ""]
+    for table in consolidated.tables:
+        lines += [f"### {table.title}", "", f"*{table.caption}*", "", paper_tables.markdown_table(table),
+                  f"Files: `{paper_tables.TABLES_SUBDIR}/{table.slug}.tex`, `{paper_tables.TABLES_SUBDIR}/"
+                  f"{table.slug}.csv`.", ""]
+    return lines
 
 
 def _intervals_section(consolidated: Consolidated) -> list[str]:
@@ -592,10 +623,25 @@ def _summary(consolidated: Consolidated, results_dir: Path) -> dict:
     }
 
 
-def consolidate(results_dir, out_dir=None) -> Consolidated:
+def table_entries(consolidated: Consolidated) -> list:
+    """The leaderboard's rows as helpers.tables needs them."""
+    by_name = {r.name: r.result for r in consolidated.results}
+    entries = []
+    for name, group, folder in zip(consolidated.leaderboard["model"], consolidated.leaderboard["group"],
+                                   consolidated.leaderboard["result"]):
+        result = by_name[folder]
+        entries.append(paper_tables.Entry(name=name, model_name=model_name(result, folder), group=group,
+                                          result_name=folder, result=result, spec=result_spec(result),
+                                          precision=result_precision(result)))
+    return entries
+
+
+def consolidate(results_dir, out_dir=None, table_options=None) -> Consolidated:
     """Read, validate and merge every result under `results_dir`; write the report into `out_dir`.
 
-    Raises FileNotFoundError when `results_dir` holds no result.json at all. Invalid files become problems.
+    `table_options`: a `helpers.tables.TableOptions` (action order, Avg., reported rows, more metrics) for the
+    per-action tables. Raises FileNotFoundError when `results_dir` holds no result.json at all. Invalid files
+    become problems.
     """
     results_dir = Path(results_dir).resolve()
     if not results_dir.is_dir():
@@ -637,6 +683,15 @@ def consolidate(results_dir, out_dir=None) -> Consolidated:
     if len(consolidated.snapshots):
         consolidated.files["snapshots"] = write_text(out_dir / SNAPSHOT_FILE_NAMES["snapshots"],
                                                      consolidated.snapshots.to_csv(index=False, float_format="%.4f"))
+    entries = table_entries(consolidated)
+    consolidated.tables = paper_tables.build_tables(entries, table_options)
+    bib, bib_problems = paper_tables.references(entries)
+    consolidated.problems += bib_problems
+    consolidated.files["references"] = write_text(out_dir / paper_tables.REFERENCES_FILE, bib)
+    table_files = paper_tables.write_tables(consolidated.tables, out_dir / paper_tables.TABLES_SUBDIR,
+                                            bibliography=f"../{Path(paper_tables.REFERENCES_FILE).stem}")
+    consolidated.files["tables_tex"] = table_files.pop(paper_tables.STANDALONE_FILE)
+    consolidated.files.update({f"tables/{name}": path for name, path in table_files.items()})
     consolidated.files["summary"] = write_json(out_dir / FILE_NAMES["summary"], _summary(consolidated, results_dir))
     consolidated.files["report"] = write_text(out_dir / FILE_NAMES["report"],
                                               render_report(consolidated, results_dir, plots))
@@ -650,10 +705,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("results_dir", nargs="?", type=Path, default=None,
                         help="folder holding <model_id>/result.json (default: the environment's output folder)")
     parser.add_argument("--out", type=Path, default=None, help="report folder (default: RESULTS_DIR/report)")
+    parser.add_argument("--action-order", choices=list(paper_tables.ACTION_ORDERS), default="paper",
+                        help="column order of the per-action tables: the papers' (Dir., Disc., Eat, Greet, Phone, "
+                             "Photo, ...; default) or the official action-index order")
+    parser.add_argument("--average", choices=paper_tables.AVERAGES, default="total",
+                        help="Avg. column: the official total (mean over samples x joints; default) or the mean of "
+                             "the 15 action means")
+    parser.add_argument("--no-reported", action="store_true", help="no rows of published (reported) values")
+    parser.add_argument("--table-metric", action="append", default=[], metavar="METRIC",
+                        choices=list(paper_tables.METRIC_LABELS),
+                        help="also tabulate this metric, e.g. pa_mpjpe_similarity (repeatable)")
     args = parser.parse_args(argv)
     results_dir = args.results_dir if args.results_dir is not None else default_output_dir()
+    options = paper_tables.TableOptions(action_order=args.action_order, average=args.average,
+                                        reported=not args.no_reported, metrics=tuple(args.table_metric))
     try:
-        consolidated = consolidate(results_dir, args.out)
+        consolidated = consolidate(results_dir, args.out, options)
     except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -33,6 +33,18 @@ ACTION_NAMES: tuple[str, ...] = (
 )
 FIRST_ACTION_IDX = 2
 
+# The order most papers print the actions in (Martinez et al. 2017, Sun et al. 2018, Pavllo et al. 2019): Photo
+# after Phoning and WalkDog before Walking, unlike the official index order above. Their column headings:
+PAPER_ACTION_ORDER: tuple[str, ...] = (
+    "Directions", "Discussion", "Eating", "Greeting", "Phoning", "Photo", "Posing", "Purchases",
+    "Sitting", "SittingDown", "Smoking", "Waiting", "WalkDog", "Walking", "WalkTogether",
+)
+ACTION_ABBREVIATIONS: dict[str, str] = {
+    "Directions": "Dir.", "Discussion": "Disc.", "Eating": "Eat", "Greeting": "Greet", "Phoning": "Phone",
+    "Photo": "Photo", "Posing": "Pose", "Purchases": "Purch.", "Sitting": "Sit", "SittingDown": "SitD.",
+    "Smoking": "Smoke", "Waiting": "Wait", "WalkDog": "WalkD.", "Walking": "Walk", "WalkTogether": "WalkT.",
+}
+
 
 def action_name(action_idx: int) -> str:
     """Action name for an annotation's `action_idx` (2..16)."""

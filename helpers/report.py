@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -34,7 +35,41 @@ LEFT_COLOR, RIGHT_COLOR, CENTER_COLOR = "tab:blue", "tab:red", "tab:gray"
 _GRADES: tuple[tuple[float, str], ...] = ((1.0, "excellent"), (2.0, "very good"), (5.0, "acceptable"))
 
 
+# The PaperResult field that holds a pose model's published headline, by protocol and published setting
+# (`published_setting`: ground-truth boxes and roots, or detector boxes with RootNet roots).
+PUBLISHED_POSE_FIELDS = {2: {"ground_truth": "p2_mpjpe", "detected": "p2_mpjpe_detected"},
+                         1: {"ground_truth": "p1_pa_mpjpe", "detected": "p1_pa_mpjpe_detected"}}
+
+
 # ----------------------------------------------------------------------------------------------- helpers
+@dataclass(frozen=True)
+class Provenance:
+    """What a result's numbers rest on: the weights, the data, how much of the test set, which boxes and roots."""
+
+    weights: str  # "released" | "random_demo" | "unknown"
+    random_weights: bool
+    generated_data: bool | None  # None: the result does not say (e.g. `rescore` of a predictions file)
+    partial: bool
+    samples: int
+    expected: int
+    bbox_source: str
+    root_source: str
+    flip_test: bool | None
+
+
+def provenance(result: dict) -> Provenance:
+    """The one place that reads these facts from result.json (weights.kind, settings.demo_data, partial,
+    conventions), so that a change in how result.json records them is made here only."""
+    weights = (result.get("weights") or {}).get("kind", "unknown")
+    conv = result["conventions"]
+    demo_data = (result.get("settings") or {}).get("demo_data")
+    return Provenance(weights=weights, random_weights=is_random_demo(result),
+                      generated_data=None if demo_data is None else bool(demo_data),
+                      partial=bool(result.get("partial")), samples=int(result["num_samples"]),
+                      expected=int(result["num_expected"]), bbox_source=conv["bbox_source"],
+                      root_source=conv["root_source"], flip_test=conv.get("flip_test"))
+
+
 def is_random_demo(result: dict) -> bool:
     return (result.get("weights") or {}).get("kind") == "random_demo"
 
@@ -254,10 +289,9 @@ def paper_comparison(result: dict, spec) -> pd.DataFrame:
     else:
         if protocol == 2:
             metric, label = "mpjpe", "MPJPE"
-            by_setting = {"ground_truth": paper.p2_mpjpe, "detected": paper.p2_mpjpe_detected}
         else:
             metric, label = "pa_mpjpe_rigid_fit18", "PA-MPJPE rigid fit18"
-            by_setting = {"ground_truth": paper.p1_pa_mpjpe, "detected": paper.p1_pa_mpjpe_detected}
+        by_setting = {setting: getattr(paper, name) for setting, name in PUBLISHED_POSE_FIELDS[protocol].items()}
         value = None
         if conv.get("protocol_note"):
             no_paper_reason = f"n/a: another protocol ({conv['protocol_note']})"
@@ -290,6 +324,25 @@ def paper_comparison(result: dict, spec) -> pd.DataFrame:
             "paper source": paper.source,
         })
     return _mark_table(pd.DataFrame(records).set_index("metric"), result)
+
+
+def published_values(result: dict, spec) -> tuple[float | None, dict]:
+    """(the published headline total, its published per-action values {action: mm}) for the setting `result`
+    was run in, as `paper_comparison` picks it; (None, {}) where the papers publish none for that setting."""
+    conv = result["conventions"]
+    protocol = int(conv["protocol"])
+    if result["kind"] == "root":
+        name = "mrpe" if protocol == 2 and conv["bbox_source"] == "ground_truth" else None
+    elif conv.get("protocol_note"):
+        name = None
+    else:
+        name = PUBLISHED_POSE_FIELDS.get(protocol, {}).get(published_setting(result)[0])
+    if name is None:
+        return None, {}
+    total = getattr(spec.paper, name)
+    if isinstance(total, dict):  # mrpe: {"total", "x", "y", "z"}
+        total = total.get("total")
+    return total, dict((spec.paper.per_action or {}).get(name) or {})
 
 
 def root_reproduction_frame(result: dict) -> pd.DataFrame | None:

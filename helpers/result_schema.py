@@ -155,6 +155,8 @@ RESULT_SCHEMA: dict = {
         "snapshot": {"type": "object", "required": ["run", "epoch", "file"],
                      "properties": {"run": {"type": "string"}, "epoch": {"type": ["integer", "null"]},
                                     "file": {"type": "string"}}},
+        "parameters": {"type": "object", "required": ["notebook", "values"],
+                       "properties": {"notebook": {"type": "string"}, "values": {"type": "object"}}},
         "root_reproduction": {"type": "object",
                               "required": ["reference", "released", "samples", "mean_mm", "median_mm", "p95_mm",
                                            "max_mm", "mean_abs_xyz_mm", "worst"],

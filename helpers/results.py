@@ -5,7 +5,8 @@ same code for the notebooks and for `rescore`.
     python -m helpers rescore --annotations DIR --predictions predictions.npz --out result.json
 
 re-evaluates a saved predictions file (pose or root) without rerunning a model, and writes
-`result.json` and `per_sample_errors.npz` next to it.
+`result.json` and `per_sample_errors.npz` next to it. Every result.json gets its reproduction card
+`REPRODUCE.md` beside it (helpers.reproduce), written by the same call.
 
 Files of one model's output folder (`<output_dir>/<model_id>/`): `RESULT_FILE`, `PREDICTIONS_FILE`,
 `PER_SAMPLE_FILE`, and for root models `BBOX_ROOT_FILE` (what the pose notebooks accept as BBOX_ROOT).
@@ -26,6 +27,7 @@ import numpy as np
 from .atomic import save_npz, write_json
 from .evaluate import PerSample, PredictionError, evaluate_predictions, load_predictions
 from .report import format_table
+from .reproduce import render_card, write_card
 from .h36m import DataError, load_test_set
 from .result_schema import validate_result
 
@@ -91,6 +93,7 @@ def run_blocks(spec, *, checkpoint_info: dict, checkpoint_path, checkpoint_sourc
         "num_params_incl_buffers": spec.num_params_incl_buffers, "gmacs": spec.gmacs,
         "input_shape": list(spec.input_shape), "output_shape": list(spec.output_shape),
         "depth_dim": spec.depth_dim, "paper": dataclasses.asdict(spec.paper),
+        "citation": get_family(spec.family).citation or None,  # cited by the report even without the family file
     }
     weights = {"kind": weights_kind}
     if weights_kind == "random_demo":
@@ -120,9 +123,11 @@ def run_blocks(spec, *, checkpoint_info: dict, checkpoint_path, checkpoint_sourc
 
 def write_result(result_path: str | Path, result: dict, per_sample: PerSample | None = None,
                  timing: dict | None = None) -> dict[str, Path]:
-    """Validate `result` (with `timing` added) once and write it, and the per-sample errors beside it, atomically.
+    """Validate `result` (with `timing` added) once and write it, the per-sample errors and the reproduction card
+    (`REPRODUCE.md`, helpers.reproduce) beside it, atomically.
 
-    Returns {"result": path, "per_sample_errors": path}. Nothing is written when the result is invalid."""
+    Returns {"result": path, "per_sample_errors": path, "reproduce": path}. Nothing is written when the result
+    is invalid."""
     result_path = Path(result_path)
     if timing is not None:
         result["timing"] = {k: (float(v) if isinstance(v, (int, float, np.number)) and not isinstance(v, bool)
@@ -132,9 +137,11 @@ def write_result(result_path: str | Path, result: dict, per_sample: PerSample | 
         sample_path = per_sample_path(result_path)
         result["per_sample_errors"] = {"file": sample_path.name, "metrics": list(per_sample.errors)}
     validate_result(result)
+    card = render_card(result, result_path)  # before anything is written: a card that cannot be made stops here
     if per_sample is not None:
         files["per_sample_errors"] = save_per_sample(sample_path, per_sample)
     files["result"] = write_json(result_path, result)
+    files["reproduce"] = write_card(result, result_path, card)
     return files
 
 

@@ -474,10 +474,49 @@ class Run:
     def _extra_blocks(self) -> dict:
         from .results import run_blocks
 
-        return run_blocks(self.spec, checkpoint_info=self.checkpoint_info, checkpoint_path=self.checkpoint_path,
-                          checkpoint_source=self.checkpoint_source, weights_kind=self.weights_kind, demo=self.demo,
-                          inference=self.inference, params=self.params,
-                          environment=self.environment_info or env.environment_report(), snapshot=self.snapshot)
+        blocks = run_blocks(self.spec, checkpoint_info=self.checkpoint_info, checkpoint_path=self.checkpoint_path,
+                            checkpoint_source=self.checkpoint_source, weights_kind=self.weights_kind, demo=self.demo,
+                            inference=self.inference, params=self.params,
+                            environment=self.environment_info or env.environment_report(), snapshot=self.snapshot)
+        blocks["parameters"] = self.repeat_parameters()
+        return blocks
+
+    def repeat_parameters(self) -> dict:
+        """result.json's `parameters` block: the notebook and the parameters that repeat this run exactly
+        (helpers.reproduce writes them as a papermill command). Every RunParams field, with what this run
+        resolved where the default depends on the machine or its inputs: device, batch size and number of GPUs
+        as run, the data root and checkpoint file found, the box files, output and cache folders (absolute: the
+        command may run from another folder than the batch's notebooks/), the demo mode. A
+        parameter left None whose default is None is omitted (the parameters cell has None)."""
+        from .reproduce import family_notebook
+
+        p = self.params
+        settings = (self.inference or {}).get("settings") or {}
+        output_root = _output_root(p)
+        if self.demo:
+            checkpoint = None  # made again from SEED under CACHE_DIR
+        elif self.snapshot is not None:
+            checkpoint = str(Path(self.snapshot["pattern"]).expanduser().absolute())  # the whole sweep
+        else:
+            checkpoint = str(Path(self.checkpoint_path).resolve())
+        resolved = {
+            "model": self.spec.family, "variant": self.spec.variant,
+            "model_file": str(Path(p.model_file).expanduser().resolve()) if p.model_file else None,
+            "checkpoint": checkpoint, "data_root": None if self.demo else str(Path(self.data_root).resolve()),
+            "bbox_root": str(Path(p.bbox_root).expanduser().resolve()) if p.bbox_root else None,
+            "detector_boxes": str(Path(p.detector_boxes).expanduser().resolve()) if p.detector_boxes else None,
+            "batch_size": settings.get("batch_size", p.batch_size), "device": settings.get("device", p.device),
+            "world_size": settings.get("world_size", p.world_size), "output_dir": str(output_root.resolve()),
+            "demo": bool(self.demo),
+            "cache_dir": str(Path(self.cache_dir).resolve()) if self.cache_dir is not None else p.cache_dir,
+        }
+        values = {}
+        for f in dataclasses.fields(RunParams):
+            value = resolved[f.name] if f.name in resolved else getattr(p, f.name)
+            if value is None and f.default is None:
+                continue
+            values[f.name.upper()] = value
+        return {"notebook": family_notebook(self.spec.family, output_root), "values": values}
 
     def evaluate(self) -> pd.DataFrame:
         """Evaluate the predictions against the ground truth; returns the per-action table (mm)."""
@@ -800,6 +839,11 @@ def _resolve_checkpoint(params: RunParams, spec, cache_dir: Path, demo: bool, da
     return path, source, _weights_kind(params.checkpoint, path, spec)
 
 
+def _output_root(params: RunParams) -> Path:
+    """OUTPUT_DIR, or the environment's default output folder; each model writes into `<it>/<model_id>/`."""
+    return Path(params.output_dir).expanduser() if params.output_dir else env.default_output_dir()
+
+
 def prepare(params: RunParams):
     """Check everything a run needs, before any inference; raise a clear error on the first problem.
 
@@ -856,8 +900,7 @@ def prepare(params: RunParams):
     if info.get("is_random_demo") and weights_kind != "random_demo":
         notes.append(f"{checkpoint_path} is a random-initialised demo checkpoint: RANDOM DEMO WEIGHTS")
         weights_kind = "random_demo"
-    output_root = Path(params.output_dir).expanduser() if params.output_dir else env.default_output_dir()
-    output_dir = output_root / spec.model_id
+    output_dir = _output_root(params) / spec.model_id
     run = Run(params=params, spec=spec, demo=demo, data_root=data_root, annotation_dir=annotation_dir,
               test_set=test_set, image_check=image_check, selected=np.asarray(selected), image_paths=image_paths,
               checkpoint_path=checkpoint_path, checkpoint_source=source, weights_kind=weights_kind, model=model,

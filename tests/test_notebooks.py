@@ -159,6 +159,7 @@ def test_model_notebook_runs_headless_and_writes_a_valid_result(executed, name):
     assert result["weights"]["kind"] == "random_demo"
     assert result["num_samples"] == IMAGE_LIMIT and result["partial"] is True
     assert (executed / model_id / "predictions.npz").is_file()
+    assert (executed / model_id / "REPRODUCE.md").is_file()
     assert (executed / model_id / "qualitative_samples.png").is_file()
     if model_id == "rootnet":
         assert (executed / "rootnet" / "bbox_root_human36m_output.json").is_file()
@@ -178,6 +179,33 @@ def test_consolidate_notebook_writes_the_report(executed):
     leaderboard = (report / "leaderboard.csv").read_text()
     for _, model_id in MODEL_NOTEBOOKS.values():
         assert model_id in leaderboard
+    assert (report / "tables" / "tables.tex").is_file() and (report / "references.bib").is_file()
+    assert "## Per-action tables for papers" in text
+
+
+def test_reproduce_card_command_run_as_printed_repeats_the_predictions(executed, kernel_env):
+    """REPRODUCE.md's papermill command, run as printed from the repository root, computes every prediction again
+    (the finished shards are removed first, so nothing is reused) and writes the same predictions.npz."""
+    import re
+    import shutil
+    import subprocess
+
+    import numpy as np
+
+    folder = executed / "convnextpose_XS"
+    block = re.search(r"```bash\n(.*?)```", (folder / "REPRODUCE.md").read_text(), re.S).group(1)
+    with np.load(folder / "predictions.npz") as npz:
+        before = {key: npz[key] for key in npz.files}
+    shutil.rmtree(folder / "shards")
+    (folder / "predictions.npz").unlink()
+    run = subprocess.run(["bash", "-e", "-c", block], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    with np.load(folder / "predictions.npz") as npz:
+        after = {key: npz[key] for key in npz.files}
+    assert sorted(after) == sorted(before)
+    for key, array in before.items():
+        assert after[key].dtype == array.dtype and after[key].shape == array.shape, key
+        assert after[key].tobytes() == array.tobytes(), key
 
 
 # ------------------------------------------------------------------------------------------------ bad input

@@ -123,6 +123,13 @@ def test_demo_run_end_to_end(demo_cache, tmp_path, no_input_roots):
     for name in ("result", "predictions", "per_action_csv", "per_joint_png", "qualitative_png"):
         assert Path(files.loc[name, "path"]).is_file(), name
     assert (tmp_path / "convnextpose_XS" / "result.json") == result_path
+    # what repeats this run: the notebook and every parameter as resolved (tested by running it in test_notebooks)
+    repeat = result["parameters"]
+    assert repeat["notebook"] == "notebooks/convnextpose.ipynb"
+    assert repeat["values"]["DEMO"] is True and repeat["values"]["DEVICE"] == "cpu"
+    assert repeat["values"]["OUTPUT_DIR"] == str(tmp_path.resolve()) and repeat["values"]["IMAGE_LIMIT"] == 6
+    assert "CHECKPOINT" not in repeat["values"] and "DATA_ROOT" not in repeat["values"]  # demo: made from SEED
+    assert (tmp_path / "convnextpose_XS" / "REPRODUCE.md").is_file()
 
     # The headline, recomputed independently from predictions.npz and the ground truth of the test set.
     pred = np.load(tmp_path / "convnextpose_XS" / "predictions.npz")

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from .common import check_input, soft_argmax_2d
+from .posenet import CITATION as CITATION_3DMPPE  # RootNet and PoseNet are one paper
 from .resnet import BACKBONE_CHANNELS, BACKBONE_STRIDE, DECONV_FILTERS, ResNetBackbone, deconv_layers
 from .spec import CheckpointSource, Family, ModelSpec, NotebookText, PaperResult
 
@@ -74,4 +75,5 @@ FAMILY = Family(
                "the pose notebooks accept as `BBOX_ROOT` (with `USE_GT_INFO = False`). With `USE_GT_INFO = False` "
                "RootNet runs on a person detector's boxes (`DETECTOR_BOXES`: the official `bbox_human36m_output.json`, "
                "or the boxes of a bbox_root file such as the released one), as the papers' detected setting does.")),
+    citation=CITATION_3DMPPE,
 )
