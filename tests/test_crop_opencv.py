@@ -237,8 +237,9 @@ def test_without_opencv_the_check_says_why_and_the_run_goes_on(jpeg_set, monkeyp
     assert record["crop_identical"] is None and not crop_check.crop_check_failed(record)
     spec = ModelSpec(model_id="tiny_standin", family="test", variant="t", builder="unused:unused",
                      input_shape=(32, 32), output_shape=(8, 8), depth_dim=8)
+    sizes = np.array([tuple(images.read_image(p).shape[1:]) for p in paths])
     test_set = SimpleNamespace(image_id=np.arange(len(paths)), bbox=boxes, f=np.tile([1145.0, 1144.0], (len(paths), 1)),
-                               c=np.tile([500.0, 500.0], (len(paths), 1)))
+                               c=np.tile([500.0, 500.0], (len(paths), 1)), height=sizes[:, 0], width=sizes[:, 1])
     result = run_inference(spec, tiny_pose_model(), test_set, paths,
                            InferenceConfig(batch_size=4, device="cpu", num_workers=0, cpu_threads=1, progress=False,
                                            out_dir=tmp_path / "run", cache_dir=tmp_path / "cache32"))

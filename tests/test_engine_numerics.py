@@ -269,7 +269,7 @@ class _NaNThenSmall(nn.Module):
 
 
 def test_a_non_finite_batch_is_counted_once_when_its_fp32_recompute_runs_out_of_memory():
-    job = SimpleNamespace(kind="pose", normalization="3dmppe", channels_last=False, flip_test=True,
+    job = SimpleNamespace(kind="pose", normalization=SPEC.normalization, channels_last=False, flip_test=True,
                           output_shape=(8, 8), flip_pairs=SPEC.flip_pairs, output_width=(18, 3))
     crops = np.random.default_rng(0).integers(0, 256, (7, 3, 32, 32), dtype=np.uint8)
     runner = engine._BatchRunner(_NaNThenSmall(), job, torch.device("cpu"), 4, "bf16")
@@ -280,7 +280,7 @@ def test_a_non_finite_batch_is_counted_once_when_its_fp32_recompute_runs_out_of_
 
 
 def test_batches_follow_the_groups_and_the_next_one_is_read_before_the_output_is_fetched():
-    job = SimpleNamespace(kind="pose", normalization="3dmppe", channels_last=False, flip_test=False,
+    job = SimpleNamespace(kind="pose", normalization=SPEC.normalization, channels_last=False, flip_test=False,
                           output_shape=(8, 8), flip_pairs=(), output_width=(18, 3))
     crops = np.random.default_rng(0).integers(0, 256, (10, 3, 32, 32), dtype=np.uint8)
     events = []
