@@ -269,7 +269,8 @@ def _check_zip_directory(infos: list[zipfile.ZipInfo], where: str) -> str:
     return root
 
 
-def _zip_in_memory(root: str, pickle_bytes: bytes, records: Mapping[str, Any], extras: Mapping[str, bytes]) -> io.BytesIO:
+def _zip_in_memory(root: str, pickle_bytes: bytes, records: Mapping[str, Any],
+                   extras: Mapping[str, bytes]) -> io.BytesIO:
     """A torch zip built in memory from the parts of an extracted folder (Kaggle unpacks `X.tar` into
     `X/snapshot_N.pth/`), so that `torch.load` reads it like the zip it was. `records`: key -> a callable
     returning the record's bytes (read one at a time)."""
