@@ -140,12 +140,27 @@ def test_real_data_without_a_checkpoint_fails_instead_of_using_random_weights(de
     def unavailable(source, **kw):
         raise acquire.AcquireError(f"nothing for {kw.get('model_id')}")
 
-    monkeypatch.setattr(acquire, "acquire_checkpoint", unavailable)
+    monkeypatch.setattr(acquire, "acquire", unavailable)
     data = str(runner.ensure_demo_data(demo_cache))
     for demo in ("auto", False):
         with pytest.raises(runner.CheckpointUnavailable, match=r"nothing for convnextpose_XS.*set CHECKPOINT"):
             runner.prepare(_params(demo_cache, tmp_path, data_root=data, image_limit=2, demo=demo))
     assert not (tmp_path / "convnextpose_XS").exists()
+
+
+def test_checkpoint_chosen_by_protocol_is_recorded(demo_cache, tmp_path, no_input_roots):
+    """CHECKPOINT naming a folder with one file per protocol: PROTOCOL chooses, and the result records it."""
+    from helpers.demo_checkpoints import write_demo_checkpoints
+
+    data = str(runner.ensure_demo_data(demo_cache))
+    weights = tmp_path / "weights"
+    for p in (1, 2):
+        write_demo_checkpoints(weights / f"protocol{p}", ["convnextpose_XS"], seed=p)
+    run = runner.prepare(_params(demo_cache, tmp_path / "out", data_root=data, checkpoint=str(weights), protocol=1,
+                                 image_limit=2))
+    assert run.checkpoint_path.is_relative_to(weights / "protocol1") and run.checkpoint_info["protocol"] == 1
+    assert run._extra_blocks()["checkpoint"]["protocol"] == 1
+    assert run.checkpoint_summary().loc["chosen for protocol", "value"] == 1
 
 
 # ------------------------------------------------------------------------------------------ bad input
@@ -182,7 +197,7 @@ def _partial_copy(demo_data: Path, target: Path) -> Path:
 def test_missing_images_fail_fast_or_are_skipped_and_recorded(demo_cache, tmp_path, monkeypatch):
     root = _partial_copy(runner.ensure_demo_data(demo_cache), tmp_path / "data")
     monkeypatch.setattr(runner, "_resolve_checkpoint", lambda params, spec, cache, demo, data_root, notes: (
-        runner.ensure_demo_checkpoint(cache, spec.model_id), "test", "random_demo"))
+        runner.ensure_demo_checkpoint(cache, spec.model_id), "test", "random_demo", None))
     with pytest.raises(DataError, match=r"test images are missing.*s_11_act.*skip"):
         runner.prepare(_params(demo_cache, tmp_path, data_root=str(root)))
     with pytest.raises(DataError, match=r"selected test images are missing.*SKIP_MISSING_IMAGES"):

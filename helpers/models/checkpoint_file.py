@@ -305,11 +305,15 @@ class _BoundedReader:
                                   "is well under 1 MB. This is not a checkpoint.")
         return data
 
+    def _room(self, n: int) -> int:
+        room = max(0, self._end - self._f.tell() + 1)  # one byte past the end: enough to notice it
+        return room if n < 0 else min(n, room)
+
     def read(self, n: int = -1) -> bytes:
-        return self._check(self._f.read(n if n >= 0 else self._end - self._f.tell() + 1))
+        return self._check(self._f.read(self._room(n)))
 
     def readline(self, n: int = -1) -> bytes:
-        return self._check(self._f.readline(n if n >= 0 else self._end - self._f.tell() + 1))
+        return self._check(self._f.readline(self._room(n)))
 
     def tell(self) -> int:
         return self._f.tell()

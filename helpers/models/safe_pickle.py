@@ -51,6 +51,7 @@ _REDOWNLOAD_ADVICE = (
 MAX_PICKLE_BYTES = 32 << 20
 MAX_NESTING = 32  # a state dict with an optimizer state nests about 6 deep
 MAX_TENSORS = 100_000
+MAX_PICKLE_OPS = 3_000_000  # ~20 per tensor: room for MAX_TENSORS; bounds the scan's time and memory
 MAX_STORAGE_ELEMENTS = 1 << 40
 
 
@@ -366,6 +367,8 @@ def scan_pickle(source, where: str) -> PickleScan:
     try:
         for opcode, arg, _pos in pickletools.genops(stream):
             ops += 1
+            if ops > MAX_PICKLE_OPS:
+                raise bad(f"has more than {MAX_PICKLE_OPS:,} opcodes; a checkpoint's has a few per tensor")
             name = opcode.name
             if name in _SCALAR_OPS:
                 value = True if name == "NEWTRUE" else False if name == "NEWFALSE" else arg
