@@ -403,14 +403,14 @@ def load_checkpoint(path_or_state_dict, model_id: str | None = None, *, map_loca
 def load_contents(contents: CheckpointContents, model_id: str | None = None, *, allow_nonfinite: bool = False):
     """Identify and strictly load what `read_state_dict` read; see `load_checkpoint`."""
     shapes = _shapes_of(contents.state_dict)
-    detection = detect_model(shapes, versioned=contents.versioned)
     if model_id is None:
+        detection = detect_model(shapes, versioned=contents.versioned)
         if detection.model_id is None:
             raise CheckpointError(_mismatch_message(None, detection))
         model_id = detection.model_id
     target = compare_shapes(shapes, model_id, versioned=contents.versioned)
-    if not target.exact:
-        raise CheckpointError(_mismatch_message(target, detection))
+    if not target.exact:  # only now every registry model's shapes are needed: to name the closest
+        raise CheckpointError(_mismatch_message(target, detect_model(shapes, versioned=contents.versioned)))
     state_dict, remaps = dict(contents.state_dict), list(contents.remaps)
     if target.filled:
         state_dict.update({k: torch.zeros((), dtype=torch.long) for k in target.filled})

@@ -153,7 +153,7 @@ class _Sym:
 
     def __init__(self, kind: str, value=None, depth: int = 0, items=None, plain: bool = False):
         self.kind, self.value, self.depth, self.items, self.plain = kind, value, depth, items, plain
-        self.keys: list | None = [] if kind == "dict" else None
+        self.keys = [] if kind == "dict" else None
 
     def name(self) -> str:
         if self.kind in ("global", "call"):
@@ -526,6 +526,9 @@ def load_with_torch(source, where: str, map_location="cpu"):
     `fileno` (legacy files: torch then never tries its old tar reader on them)."""
     if hasattr(source, "seek"):
         source.seek(0)
+    if not hasattr(torch.serialization, "safe_globals"):
+        raise CheckpointError(f"reading {where} needs torch >= 2.5 (torch.serialization.safe_globals); this is torch "
+                              f"{torch.__version__}. Upgrade torch (pip install -U torch).")
     try:
         with torch.serialization.safe_globals(_EXTRA_SAFE_GLOBALS):
             return torch.load(source, map_location=map_location, weights_only=True)
