@@ -34,6 +34,7 @@ from .models.checkpoint_file import file_sha256
 from .models.registry import MODEL_FILE_HELP, MODEL_REGISTRY, get_family, get_spec, list_models, load_model_files
 
 DEMO_EPOCH = 0  # never trained
+DEMO_VERSION = 2  # the files' layout; bumped when it changes, so that cached demo files are written anew
 DEMO_NOTE = "random-initialised weights written by helpers.demo_checkpoints; NOT trained, results are meaningless"
 _LEARNING_RATE = 1e-3
 _MILESTONES = (90, 120)  # Integral Human Pose's MultiStepLR steps (any will do: only the state's layout matters)

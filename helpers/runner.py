@@ -213,7 +213,7 @@ def ensure_demo_checkpoint(cache_dir: Path, model_id: str, seed: int = 0) -> Pat
     from . import demo_checkpoints
 
     # One folder per model: demo_checkpoints writes a README describing the files of each call.
-    folder = demo_root(cache_dir) / f"checkpoints_seed{seed}" / model_id
+    folder = demo_root(cache_dir) / f"checkpoints_v{demo_checkpoints.DEMO_VERSION}_seed{seed}" / model_id
     path = folder / model_id / demo_checkpoints.demo_file_name(model_id)
     if path.is_file():
         return path
