@@ -121,7 +121,9 @@ def _network_error(what: str, detail: str) -> AcquireError:
 # --------------------------------------------------------------------------------------------------
 def verify_checkpoint_file(path, *, expected_size: int | None = None, sha256: str | None = None,
                            approx_size_mb: float | None = None, drive_id: str | None = None) -> Path:
-    """Check that `path` is a plausible checkpoint: not empty, not HTML, sane zip/tar, right size/sha256.
+    """Check that `path` is a complete checkpoint: not empty, not HTML, its whole structure sound (a zip's, tar's
+    or extracted folder's records, a legacy file's pickles and storages: a truncated download of any format fails
+    here), right size/sha256.
 
     The checks are `helpers.models.checkpoint_file.check_checkpoint_file`, the ones `load_checkpoint` runs; an
     empty file or an HTML page gets download advice here (the Kaggle mirror, Drive's quota)."""

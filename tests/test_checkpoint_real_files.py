@@ -23,7 +23,7 @@ from torch import nn
 
 from conftest import DATA
 from helpers.__main__ import main as cli_main
-from helpers.demo_checkpoints import official_payload, save_official, write_demo_checkpoints
+from helpers.demo_checkpoints import demo_file_name, official_payload, save_official
 from helpers.models import build_model, get_family, get_spec, list_models, load_checkpoint
 from helpers.models.checkpoint import CheckpointError, clean_state_dict, read_state_dict
 from helpers.models.checkpoint_file import check_checkpoint_file, read_checkpoint
@@ -125,67 +125,53 @@ def test_truncated_and_altered_legacy_files_are_refused(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- official call
-@pytest.mark.parametrize("model_id", list_models())
-def test_every_model_in_its_release_format(model_id, tmp_path):
-    """The demo writer is the official save call: for every model id, its file is what the release looks like, and
-    it loads strictly with exactly the tensors torch.load(weights_only=True) gives."""
-    release = get_family(get_spec(model_id).family).release
-    path = write_demo_checkpoints(tmp_path, [model_id])[model_id]
-    try:
-        reference = _torch_load(path)
-        network = reference["network"]
-        assert {"epoch", "network", "optimizer"} <= set(reference) and type(network) is OrderedDict
-        assert all(k.startswith("module.") for k in network)
-        assert hasattr(network, "_metadata") == release.versioned
-        assert any(k.endswith("num_batches_tracked") for k in network) == release.versioned
-        states = reference["optimizer"]["state"]
-        assert len(states) == len(reference["optimizer"]["param_groups"][0]["params"]) > 0
-        assert all({"step", "exp_avg", "exp_avg_sq"} <= set(s) for s in states.values())
-        assert set(reference) - {"epoch", "network", "optimizer", "demo_note"} == set(release.extras)
-        head = path.read_bytes()[:4]
-        assert head == (b"PK\x03\x04" if release.serialization == "zip" else b"\x80\x02\x8a\x0a")
-        model, info = load_checkpoint(path)  # detected from the shapes alone
-        assert info.model_id == model_id and info.is_random_demo and info.epoch == 0
-        assert info.format == f"torch-{release.serialization}"
-        assert any("num_batches_tracked" in r for r in info.remaps) == (not release.versioned)
-        _assert_loaded(model, network, release.versioned)
-    finally:
-        path.unlink()
+FORMS = ("zip", "zip named .tar, snapshot root", "legacy")
 
 
-def _save_in(form: str, payload: dict, folder: Path, model_id: str) -> Path:
+def _save_in(form: str, payload: dict, folder: Path, name: str) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     if form == "zip":
         path = folder / "weights.pth"
         torch.save(payload, path)
-    elif form == "zip named .tar, snapshot root":
-        path = folder / f"{model_id}.tar"
-        save_official(payload, path, "zip", epoch=83)
-    else:
-        path = folder / "snapshot_83.pth.tar"
-        save_official(payload, path, "legacy", epoch=83)
+    else:  # the release writers: a zip named like the released .tar with a snapshot_N.pth/ root, or legacy
+        path = folder / (name if form.startswith("zip named") else "snapshot_0.pth.tar")
+        save_official(payload, path, "legacy" if form == "legacy" else "zip")
     return path
-
-
-FORMS = ("zip", "zip named .tar, snapshot root", "legacy")
 
 
 @pytest.mark.parametrize("model_id", list_models())
 def test_the_official_call_in_every_format(model_id, tmp_path):
-    """The same payload (DataParallel state dict with _metadata, the family's optimizer after a step) in the forms
-    other than the release's own (covered above): zip, zip named .tar with the snapshot root, legacy."""
+    """For every model id, `torch.save({'epoch', 'network': DataParallel(model).state_dict(), 'optimizer'})` with
+    the family's optimizer after a step (what `demo_checkpoints` writes) in the release's own format is what the
+    release looks like, loads strictly (detected from its shapes alone) with exactly the tensors torch.load gives;
+    and the same payload loads in the other formats too."""
     release = get_family(get_spec(model_id).family).release
     payload = official_payload(model_id)
+    own = "legacy" if release.serialization == "legacy" else "zip named .tar, snapshot root"
     for form in FORMS:
-        if form == ("legacy" if release.serialization == "legacy" else "zip named .tar, snapshot root"):
-            continue  # the release's own form: test_every_model_in_its_release_format
-        path = _save_in(form, payload, tmp_path / form.replace(" ", "_").replace(",", ""), model_id)
+        path = _save_in(form, payload, tmp_path / form.replace(" ", "_").replace(",", ""),
+                        demo_file_name(model_id))
         try:
-            model, info = load_checkpoint(path, model_id)
+            if form == own:  # the release's own: structure, and against torch.load
+                reference = _torch_load(path)
+                network = reference["network"]
+                assert {"epoch", "network", "optimizer"} <= set(reference) and type(network) is OrderedDict
+                assert all(k.startswith("module.") for k in network)
+                assert hasattr(network, "_metadata") == release.versioned
+                assert any(k.endswith("num_batches_tracked") for k in network) == release.versioned
+                states = reference["optimizer"]["state"]
+                assert len(states) == len(reference["optimizer"]["param_groups"][0]["params"]) > 0
+                assert all({"step", "exp_avg", "exp_avg_sq"} <= set(s) for s in states.values())
+                assert set(reference) - {"epoch", "network", "optimizer", "demo_note"} == set(release.extras)
+                assert path.read_bytes()[:4] == (b"\x80\x02\x8a\x0a" if form == "legacy" else b"PK\x03\x04")
+            else:
+                network = payload["network"]
+            model, info = load_checkpoint(path)  # detected from the shapes alone
+            assert info.model_id == model_id and info.is_random_demo and info.epoch == 0, form
             assert info.format == ("torch-legacy" if form == "legacy" else "torch-zip"), form
-            if form.startswith("zip named"):
-                assert info.zip_root == "snapshot_83.pth"
-            _assert_loaded(model, payload["network"], release.versioned)
+            assert (info.zip_root == "snapshot_0.pth") == form.startswith("zip named"), form
+            assert any("num_batches_tracked" in r for r in info.remaps) == (not release.versioned), form
+            _assert_loaded(model, network, release.versioned)
         finally:
             path.unlink()
 
