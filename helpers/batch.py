@@ -32,6 +32,7 @@ import pandas as pd
 
 from .atomic import write_json
 from .environment import BATCH_ENV_VAR  # tells the kernels that nobody can answer widgets
+from .reproduce import OWN_NOTEBOOK_DIR
 from .results import RESULT_FILE
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
@@ -305,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
         plan = load_plan(args.plan)
         if args.model_file:
             own = [run for f in args.model_file
-                   for run in family_runs(f, out_dir / RUNS_SUBDIR / "notebooks", plan.defaults)]
+                   for run in family_runs(f, out_dir / OWN_NOTEBOOK_DIR, plan.defaults)]
             files = ", ".join(args.model_file)
             source = files if args.plan is None else f"{plan.source} + {files}"
             plan = Plan(([] if args.plan is None else plan.runs) + own, source, plan.defaults, plan.demo_defaults)

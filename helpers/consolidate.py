@@ -3,8 +3,10 @@
     python -m helpers consolidate [RESULTS_DIR] [--out DIR]
 
 RESULTS_DIR defaults to `environment.default_output_dir()`; the report goes to `RESULTS_DIR/report/`.
-Results are grouped by what their numbers mean (kind, protocol, box/root source): numbers are only ranked and
-plotted side by side inside one group. Invalid files are listed as problems, never dropped silently.
+Results are grouped by what their numbers mean (kind, protocol, box source and root source): numbers are only
+ranked, compared pairwise and plotted side by side inside one group. Invalid files are listed as problems, never dropped silently.
+The paper-ready per-action tables (LaTeX, Markdown, CSV and a standalone `tables.tex`, helpers.tables) go to
+`report/tables/`, the BibTeX entries of the families compared to `report/references.bib`.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from . import comparisons, report, stats
+from . import tables as paper_tables
 from .atomic import write_json, write_text
 from .comparisons import PAIRWISE_COLUMNS, SNAPSHOT_COLUMNS
 from .models.registry import FAMILIES, MODEL_REGISTRY
@@ -35,7 +38,8 @@ LEADERBOARD_COLUMNS = (
     "model", "model_id", "group", "metric", HEADLINE_COLUMN, "ci95_low", "ci95_high", "MPJPE (mm)", "PA rigid (mm)",
     "PA similarity (mm)",
     "action mean (mm)", "MRPE x (mm)", "MRPE y (mm)", "MRPE z (mm)", "paper (mm)", "Δ (mm)", "grade",
-    "params (M)", "GFLOPs (MACs)", "images/s", "protocol", "bbox source", "root source", "flip test", "precision",
+    "params (M)", "GFLOPs (MACs)", "images/s", "protocol", "bbox source", "root source", "box/root origin",
+    "flip test", "precision",
     "device", "batch size", "images evaluated", "images expected", "partial", "weights", "result",
 )
 FILE_NAMES = {
@@ -69,6 +73,7 @@ class Consolidated:
     pairwise: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=list(PAIRWISE_COLUMNS)))
     snapshots: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=list(SNAPSHOT_COLUMNS)))
     files: dict[str, Path] = field(default_factory=dict)
+    tables: list = field(default_factory=list)  # helpers.tables.PaperTable, one per group and metric
 
     @property
     def groups(self) -> list[str]:
@@ -107,29 +112,62 @@ def load_results(results_dir: Path) -> tuple[list[LoadedResult], list[str]]:
 
 # ---------------------------------------------------------------------------------------------- the table
 def group_key(result: dict) -> tuple:
-    """Numbers are comparable only within one (kind, protocol, box source, root source, protocol note).
+    """Numbers are comparable only within one (kind, protocol, box source, root source, protocol note, bbox_root
+    file of another protocol).
 
-    A protocol note (e.g. the Integral challenge checkpoint's own crop and split) always gets a group of its own."""
+    A protocol note (e.g. the Integral challenge checkpoint's own crop and split) always gets a group of its own, and
+    so do runs on a bbox_root file made for another protocol."""
     conv = result["conventions"]
     kind_rank = 0 if result["kind"] == "pose" else 1
     note = conv.get("protocol_note") or ""
-    return (kind_rank, -int(conv["protocol"]), bool(note), note, conv["bbox_source"] != "ground_truth",
-            conv["bbox_source"], conv["root_source"])
+    mismatch = report.protocol_mismatch(result) is not None
+    return (kind_rank, -int(conv["protocol"]), bool(note), note, mismatch, conv["bbox_source"] != "ground_truth",
+            conv["root_source"] != "ground_truth", conv["bbox_source"], conv["root_source"])
 
 
 def group_label(result: dict) -> str:
     metric = report.HEADLINE_LABELS[result["headline"]["metric"]]
     label = f"Protocol {result['conventions']['protocol']} {metric}, {report.source_label(result)}"
     note = result["conventions"].get("protocol_note")
+    if report.protocol_mismatch(result):
+        file_protocol = result["conventions"]["sources"]["protocol_check"].get("file_protocol")
+        label += f" [bbox_root file made for protocol {file_protocol}]"
     return f"{label} [not comparable: {note}]" if note else label
 
 
-def display_name(result: dict, fallback: str) -> str:
+def source_origin(result: dict) -> str:
+    """Where a result's boxes and roots came from beyond their kind: the files, the RootNet run, the released file."""
+    sources = result["conventions"].get("sources") or {}
+    parts = []
+    bbox_root = sources.get("bbox_root_file") or {}
+    if bbox_root.get("origin") == "released":
+        parts.append(f"released RootNet output, protocol {bbox_root.get('protocol')}")
+    elif bbox_root:
+        parts.append(f"bbox_root file {Path(str(bbox_root.get('file'))).name} ({bbox_root.get('origin')} origin)")
+    boxes, roots = sources.get("boxes") or {}, sources.get("roots") or {}
+    if boxes.get("source") == "detector" and bbox_root.get("origin") != "released":
+        first = boxes.get("from") or (boxes.get("file") if boxes.get("file") != bbox_root.get("file") else None)
+        if first:
+            parts.append(f"boxes from {first}")
+    if roots.get("source") == "rootnet_run":
+        parts.append(f"roots of RootNet result {roots.get('result_id')} (checkpoint "
+                     f"{str(roots.get('checkpoint_sha256'))[:12]}, {roots.get('weights')} weights)")
+    if not sources and "detected" in (result["conventions"]["bbox_source"], result["conventions"]["root_source"]):
+        parts.append("not recorded (result written before box and root sources were told apart)")
+    return "; ".join(parts)
+
+
+def model_name(result: dict, fallback: str) -> str:
+    """"<family display name> <variant>" (e.g. "ConvNeXtPose L"), else the model id, else `fallback`."""
     model = result.get("model") or {}
     # The family's display name: as the result recorded it, else the registry's, else the family id.
     known = FAMILIES.get(model.get("family"))
     family = model.get("family_display_name") or (known.display_name if known else model.get("family"))
-    name = f"{family} {model['variant']}" if family and model.get("variant") else model.get("model_id") or fallback
+    return f"{family} {model['variant']}" if family and model.get("variant") else model.get("model_id") or fallback
+
+
+def display_name(result: dict, fallback: str) -> str:
+    name = model_name(result, fallback)
     if result.get("snapshot"):  # one epoch of a sweep (helpers.sweep)
         name += f" @ epoch {result['snapshot'].get('epoch')}"
     return name + (DEMO_TAG if report.is_random_demo(result) else "") + (PARTIAL_TAG if result["partial"] else "")
@@ -175,11 +213,17 @@ def _recorded_spec(model: dict, kind: str):
                      builder="unknown:unknown", kind=kind, paper=paper)
 
 
+def result_spec(result: dict):
+    """The model spec of a result: the registry's, else one made of the paper numbers the result recorded."""
+    model = result.get("model") or {}
+    return MODEL_REGISTRY.get(model.get("model_id")) or _recorded_spec(model, result["kind"])
+
+
 def _row(item: LoadedResult) -> dict:
     result = item.result
     metrics = result["metrics"]
     model = result.get("model") or {}
-    spec = MODEL_REGISTRY.get(model.get("model_id")) or _recorded_spec(model, result["kind"])
+    spec = result_spec(result)
     settings = result.get("settings") or {}
     conv = result["conventions"]
     headline_metric = result["headline"]["metric"]
@@ -202,6 +246,7 @@ def _row(item: LoadedResult) -> dict:
         "protocol": int(conv["protocol"]),
         "bbox source": conv["bbox_source"],
         "root source": conv["root_source"],
+        "box/root origin": source_origin(result),
         "flip test": conv.get("flip_test"),
         "precision": precision_label(result),
         "device": settings.get("device"),
@@ -265,6 +310,14 @@ def convention_problems(results: list[LoadedResult]) -> list[str]:
                     "flip_test", "frame_stride", "test_subjects") else ", ".join(i.name for i in items)
                 problems.append(f"group '{label}' mixes {what} ({names}): compare these rows with care")
     for item in results:
+        mismatch = report.protocol_mismatch(item.result)
+        if mismatch:
+            problems.append(f"`{item.name}`: {mismatch}; it gets no paper grade")
+        conv = item.result["conventions"]
+        if "detected" in (conv["bbox_source"], conv["root_source"]):
+            problems.append(f"`{item.name}` was written before box and root sources were recorded separately: its "
+                            "\"detected\" boxes and roots may be ground-truth boxes with RootNet roots; it gets no "
+                            "paper grade (rescore it with --bbox-root)")
         if item.result["partial"]:
             problems.append(f"`{item.name}` is a PARTIAL run ({item.result['num_samples']} of "
                             f"{item.result['num_expected']} samples): not comparable with full runs or the paper")
@@ -421,8 +474,9 @@ def _conventions_section(results: list[LoadedResult]) -> list[str]:
             f"- **Split:** Protocol {conv['protocol']}, test subjects "
             f"{', '.join(f'S{s}' for s in conv['test_subjects'])}, every {conv['frame_stride']}th frame "
             f"(`frame_idx % {conv['frame_stride']} == 0`).",
-            f"- **Box / root source:** box {conv['bbox_source'].replace('_', ' ')}, "
-            f"root {conv['root_source'].replace('_', ' ')}.",
+            f"- **Boxes and roots:** {report.source_label(result)} (`bbox_source` {conv['bbox_source']}, "
+            f"`root_source` {conv['root_source']})"
+            + (f"; {source_origin(result)}" if source_origin(result) else "") + ".",
             f"- **Flip test:** {', '.join(flips)}.",
             *_convention_lines(conv, per_group),
             "",
@@ -466,7 +520,9 @@ def render_report(consolidated: Consolidated, results_dir: Path, plots: dict[str
                    if c != f"{metric} (mm)"]  # the headline column already is that metric
         lines += [f"### {group}", "", markdown_table(rows[columns].rename(
             columns={HEADLINE_COLUMN: f"{metric} (mm)"})), ""]
+    lines += _tables_section(consolidated)
     lines += _intervals_section(consolidated)
+    lines += _reproduction_section(consolidated)
     lines += _snapshots_section(consolidated)
     if plots:
         lines += ["## Plots", ""]
@@ -479,6 +535,21 @@ def render_report(consolidated: Consolidated, results_dir: Path, plots: dict[str
     lines += ["## Problems found", ""]
     lines += [f"- {p}" for p in consolidated.problems] if consolidated.problems else ["None."]
     return "\n".join(lines) + "\n"
+
+
+def _tables_section(consolidated: Consolidated) -> list[str]:
+    if not consolidated.tables:
+        return []
+    lines = ["## Per-action tables for papers", "",
+             f"Each table is in `{paper_tables.TABLES_SUBDIR}/` as a booktabs tabular to `\\input` (`.tex`), as "
+             f"Markdown (below) and as CSV; `{paper_tables.TABLES_SUBDIR}/{paper_tables.STANDALONE_FILE}` holds them "
+             f"all in one document that compiles with pdflatex, and `{paper_tables.REFERENCES_FILE}` the BibTeX "
+             "entries they cite.", ""]
+    for table in consolidated.tables:
+        lines += [f"### {table.title}", "", f"*{table.caption}*", "", paper_tables.markdown_table(table),
+                  f"Files: `{paper_tables.TABLES_SUBDIR}/{table.slug}.tex`, `{paper_tables.TABLES_SUBDIR}/"
+                  f"{table.slug}.csv`.", ""]
+    return lines
 
 
 def _intervals_section(consolidated: Consolidated) -> list[str]:
@@ -497,6 +568,23 @@ def _intervals_section(consolidated: Consolidated) -> list[str]:
         lines += [f"### {group}", "", markdown_table(rows), ""]
     if (pairwise["note"] != "").any():
         lines += ["Rows with a note compare partial results on their common samples only.", ""]
+    return lines
+
+
+def _reproduction_section(consolidated: Consolidated) -> list[str]:
+    """Root results run on a bbox_root file's boxes: their roots against the file's, sample by sample."""
+    lines = []
+    for item in consolidated.results:
+        table = report.root_reproduction_frame(item.result)
+        if table is None:
+            continue
+        if not lines:
+            lines = ["## RootNet reproduction check", "",
+                     "A RootNet run on the boxes of a bbox_root file, compared with that file's roots image by image. "
+                     "On the released file's boxes with the released checkpoint of the same protocol it reproduces the "
+                     "authors' run, and the two should agree closely.", ""]
+        lines += [f"### `{item.name}`: {table.columns.name}", "",
+                  markdown_table(table.reset_index()), ""]
     return lines
 
 
@@ -525,10 +613,25 @@ def _summary(consolidated: Consolidated, results_dir: Path) -> dict:
     }
 
 
-def consolidate(results_dir, out_dir=None) -> Consolidated:
+def table_entries(consolidated: Consolidated) -> list:
+    """The leaderboard's rows as helpers.tables needs them."""
+    by_name = {r.name: r.result for r in consolidated.results}
+    entries = []
+    for name, group, folder in zip(consolidated.leaderboard["model"], consolidated.leaderboard["group"],
+                                   consolidated.leaderboard["result"]):
+        result = by_name[folder]
+        entries.append(paper_tables.Entry(name=name, model_name=model_name(result, folder), group=group,
+                                          result_name=folder, result=result, spec=result_spec(result),
+                                          precision=result_precision(result)))
+    return entries
+
+
+def consolidate(results_dir, out_dir=None, table_options=None) -> Consolidated:
     """Read, validate and merge every result under `results_dir`; write the report into `out_dir`.
 
-    Raises FileNotFoundError when `results_dir` holds no result.json at all. Invalid files become problems.
+    `table_options`: a `helpers.tables.TableOptions` (action order, Avg., reported rows, more metrics) for the
+    per-action tables. Raises FileNotFoundError when `results_dir` holds no result.json at all. Invalid files
+    become problems.
     """
     results_dir = Path(results_dir).resolve()
     if not results_dir.is_dir():
@@ -570,6 +673,15 @@ def consolidate(results_dir, out_dir=None) -> Consolidated:
     if len(consolidated.snapshots):
         consolidated.files["snapshots"] = write_text(out_dir / SNAPSHOT_FILE_NAMES["snapshots"],
                                                      consolidated.snapshots.to_csv(index=False, float_format="%.4f"))
+    entries = table_entries(consolidated)
+    consolidated.tables = paper_tables.build_tables(entries, table_options)
+    bib, bib_problems = paper_tables.references(entries)
+    consolidated.problems += bib_problems
+    consolidated.files["references"] = write_text(out_dir / paper_tables.REFERENCES_FILE, bib)
+    table_files = paper_tables.write_tables(consolidated.tables, out_dir / paper_tables.TABLES_SUBDIR,
+                                            bibliography=f"../{Path(paper_tables.REFERENCES_FILE).stem}")
+    consolidated.files["tables_tex"] = table_files.pop(paper_tables.STANDALONE_FILE)
+    consolidated.files.update({f"tables/{name}": path for name, path in table_files.items()})
     consolidated.files["summary"] = write_json(out_dir / FILE_NAMES["summary"], _summary(consolidated, results_dir))
     consolidated.files["report"] = write_text(out_dir / FILE_NAMES["report"],
                                               render_report(consolidated, results_dir, plots))
@@ -583,10 +695,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("results_dir", nargs="?", type=Path, default=None,
                         help="folder holding <model_id>/result.json (default: the environment's output folder)")
     parser.add_argument("--out", type=Path, default=None, help="report folder (default: RESULTS_DIR/report)")
+    parser.add_argument("--action-order", choices=list(paper_tables.ACTION_ORDERS), default="paper",
+                        help="column order of the per-action tables: the papers' (Dir., Disc., Eat, Greet, Phone, "
+                             "Photo, ...; default) or the official action-index order")
+    parser.add_argument("--average", choices=paper_tables.AVERAGES, default="total",
+                        help="Avg. column: the official total (mean over samples x joints; default) or the mean of "
+                             "the 15 action means")
+    parser.add_argument("--no-reported", action="store_true", help="no rows of published (reported) values")
+    parser.add_argument("--table-metric", action="append", default=[], metavar="METRIC",
+                        choices=list(paper_tables.METRIC_LABELS),
+                        help="also tabulate this metric, e.g. pa_mpjpe_similarity (repeatable)")
     args = parser.parse_args(argv)
     results_dir = args.results_dir if args.results_dir is not None else default_output_dir()
+    options = paper_tables.TableOptions(action_order=args.action_order, average=args.average,
+                                        reported=not args.no_reported, metrics=tuple(args.table_metric))
     try:
-        consolidated = consolidate(results_dir, args.out)
+        consolidated = consolidate(results_dir, args.out, options)
     except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

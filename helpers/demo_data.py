@@ -6,7 +6,9 @@ reads unchanged, laid out like the Kaggle dataset (helpers/README.md, "Annotatio
     OUT_DIR/annotations (1)/annotations/Human36M_subject{9,11}_{data,camera,joint_3d}.json
     OUT_DIR/S9_ACT2_16/<sequence>/<sequence>_%06d.jpg
     OUT_DIR/S11_ACT2_16/S11_ACT2_16/<sequence>/...        (nested one level deeper, as on Kaggle)
-    OUT_DIR/bbox_root_human36m_output.json                 (RootNet format, noisy boxes and roots)
+    OUT_DIR/bbox_human36m_output.json                      (a person detector's boxes, official format)
+    OUT_DIR/bbox_root_human36m_output.json                 (RootNet format: those boxes processed, noisy roots)
+    OUT_DIR/bbox_root_human36m_output.sources.json         (its sidecar: detector boxes, generated roots)
     OUT_DIR/DEMO_DATA.md                                   (says plainly that this is synthetic)
 
 The cameras are the public Human3.6M calibration of S9 and S11. The people are stick figures posed by a
@@ -31,7 +33,7 @@ import PIL.Image
 import torch
 from tqdm.auto import tqdm
 
-from . import atomic
+from . import atomic, box_sources
 from .geometry import camera_to_pixel, process_bboxes, world_to_camera
 from .protocol import ACTION_NAMES, EVAL_JOINTS, FIRST_ACTION_IDX, FRAME_STRIDE, SKELETON
 
@@ -57,6 +59,10 @@ ANNOTATION_SUBDIR = ("annotations (1)", "annotations")
 # Image folders as on Kaggle; S11's is nested one level deeper so layout discovery is exercised.
 IMAGE_SUBDIRS = {9: ("S9_ACT2_16",), 11: ("S11_ACT2_16", "S11_ACT2_16")}
 BBOX_ROOT_FILE = "bbox_root_human36m_output.json"
+DETECTOR_FILE = "bbox_human36m_output.json"  # the name the official RootNet test reads detector boxes from
+# The demo detector: the annotation box with its centre moved by N(0, 3 %) and each side scaled by exp(N(0, 5 %)).
+DETECTOR_CENTRE_JITTER, DETECTOR_SIZE_JITTER = 0.03, 0.05
+ROOT_NOISE_MM = (15.0, 15.0, 40.0)  # per-axis sd of the noise on the bbox_root file's roots
 README_FILE = "DEMO_DATA.md"  # also the marker that lets a rerun replace the folder
 JPEG_QUALITY = 90
 
@@ -251,6 +257,7 @@ class DemoDataset:
     annotation_dir: Path
     image_dirs: dict[int, Path]
     bbox_root_file: Path
+    detector_file: Path
     subjects: tuple[int, ...]
     seed: int
     frames: int
@@ -502,14 +509,16 @@ def _camera_json(subject: int) -> dict:
             for cam, params in CAMERAS[subject].items()}
 
 
-def _write_subject(staging: Path, subject: int, seed: int, frames: int, progress) -> tuple[int, list[dict]]:
-    """Write one subject's annotation files and images; return (image count, bbox_root entries)."""
+def _write_subject(staging: Path, subject: int, seed: int, frames: int,
+                   progress) -> tuple[int, list[dict], list[dict]]:
+    """Write one subject's annotation files and images; return (image count, bbox_root entries, detections)."""
     annotation_dir = staging.joinpath(*ANNOTATION_SUBDIR)
     image_root = staging.joinpath(*IMAGE_SUBDIRS[subject])
     noise_rng = np.random.default_rng([seed, subject, 3])
+    detector_rng = np.random.default_rng([seed, subject, 5])
     backgrounds = {cam: _background(seed, subject, cam) for cam in CAMERA_IDS}
     background_images = {cam: PIL.Image.fromarray(array) for cam, array in backgrounds.items()}
-    images, annotations, bbox_root, joint_3d = [], [], [], {}
+    images, annotations, bbox_root, detections, joint_3d = [], [], [], [], {}
     next_id = FIRST_IMAGE_ID[subject]
     for action_idx in range(FIRST_ACTION_IDX, FIRST_ACTION_IDX + len(ACTION_NAMES)):
         action = ACTION_NAMES[action_idx - FIRST_ACTION_IDX]
@@ -538,29 +547,52 @@ def _write_subject(staging: Path, subject: int, seed: int, frames: int, progress
                     annotations.append({"id": next_id, "image_id": next_id, "keypoints_vis": [True] * EVAL_JOINTS,
                                         "bbox": bbox})
                     if frame_idx % FRAME_STRIDE == 0:
-                        bbox_root.append(_detection(next_id, bbox, width, height, joint_cam[0], noise_rng))
+                        detections.append(_detector_box(next_id, bbox, detector_rng))
+                        bbox_root.append(_bbox_root_entry(detections[-1], width, height, joint_cam[0], noise_rng))
                     next_id += 1
                     progress.update(1)
     atomic.write_json(annotation_dir / f"Human36M_subject{subject}_data.json",
                       {"images": images, "annotations": annotations}, indent=None)
     atomic.write_json(annotation_dir / f"Human36M_subject{subject}_camera.json", _camera_json(subject), indent=None)
     atomic.write_json(annotation_dir / f"Human36M_subject{subject}_joint_3d.json", joint_3d, indent=None)
-    return len(images), bbox_root
+    return len(images), bbox_root, detections
 
 
-def _detection(image_id: int, gt_bbox: list[float], width: int, height: int, root_cam: np.ndarray,
-               rng: np.random.Generator) -> dict:
-    """A RootNet-style entry: the processed GT box, jittered a little, and the GT root plus a few cm of noise."""
-    box, valid = process_bboxes(np.array([gt_bbox]), [width], [height])
+def _detector_box(image_id: int, gt_bbox: list[float], rng: np.random.Generator) -> dict:
+    """A person detector's entry in the official format: an unprocessed box, here the annotation box jittered."""
+    x, y, w, h = gt_bbox
+    cx = x + w / 2 + rng.normal(0.0, DETECTOR_CENTRE_JITTER) * w
+    cy = y + h / 2 + rng.normal(0.0, DETECTOR_CENTRE_JITTER) * h
+    w, h = w * math.exp(rng.normal(0.0, DETECTOR_SIZE_JITTER)), h * math.exp(rng.normal(0.0, DETECTOR_SIZE_JITTER))
+    return {"image_id": image_id, "category_id": 1, "bbox": [cx - w / 2, cy - h / 2, w, h], "score": 1.0}
+
+
+def _bbox_root_entry(detection: dict, width: int, height: int, root_cam: np.ndarray, rng: np.random.Generator) -> dict:
+    """A RootNet-style entry, like the released file's: the detector's box through process_bbox, and the GT root
+    plus a few cm of noise."""
+    box, valid = process_bboxes(np.array([detection["bbox"]]), [width], [height])
     if not valid[0]:
-        raise RuntimeError(f"image {image_id}: generated box {gt_bbox} is empty inside the image")
-    x, y, w, h = box[0]
-    size = w * math.exp(rng.normal(0.0, 0.04))
-    cx = x + w / 2 + rng.normal(0.0, 0.02) * w
-    cy = y + h / 2 + rng.normal(0.0, 0.02) * h
-    root = root_cam + rng.normal(0.0, 1.0, 3) * np.array([15.0, 15.0, 40.0])
-    return {"image_id": image_id, "bbox": [cx - size / 2, cy - size / 2, size, size],
-            "root_cam": [float(v) for v in root]}
+        raise RuntimeError(f"image {detection['image_id']}: generated box {detection['bbox']} is empty inside the image")
+    root = root_cam + rng.normal(0.0, 1.0, 3) * np.array(ROOT_NOISE_MM)
+    return {"image_id": detection["image_id"], "bbox": [float(v) for v in box[0]], "root_cam": [float(v) for v in root]}
+
+
+def _write_box_files(staging: Path, bbox_root: list[dict], detections: list[dict]) -> None:
+    """The detector file, the bbox_root file and the sidecar that says where the bbox_root file's boxes and roots
+    come from."""
+    bbox_root = sorted(bbox_root, key=lambda e: e["image_id"])
+    atomic.write_json(staging / DETECTOR_FILE, sorted(detections, key=lambda e: e["image_id"]), indent=None)
+    atomic.write_json(staging / BBOX_ROOT_FILE, bbox_root, indent=None)
+    detector_bytes = (staging / DETECTOR_FILE).read_bytes()
+    content = box_sources.content_sha256([e["image_id"] for e in bbox_root], [e["bbox"] for e in bbox_root],
+                                         [e["root_cam"] for e in bbox_root])
+    box_sources.write_sidecar(
+        staging / BBOX_ROOT_FILE, content_hash=content, entries=len(bbox_root), protocol=None,
+        boxes={"source": "detector", "from": f"{DETECTOR_FILE} beside it (generated: the annotation box jittered)",
+               "file_sha256": box_sources.bytes_sha256(detector_bytes)},
+        roots={"source": "generated", "detail": f"the ground-truth root plus Gaussian noise, sd {ROOT_NOISE_MM} mm "
+                                                "(x, y, z)"},
+        note="generated demo data: synthetic")
 
 
 def _readme(seed: int, frames: int, subjects: tuple[int, ...], num_images: int, num_test: int) -> str:
@@ -573,8 +605,11 @@ sequence, subjects {', '.join(f'S{s}' for s in subjects)}). It is **not** Human3
   calibration of S9 and S11. Everything else is synthetic.
 - The people are stick figures posed by a small kinematic model with per-action postures; the images are
   renderings of them (right limbs red/orange, left limbs blue, torso green, head beige).
-- `{BBOX_ROOT_FILE}` holds RootNet-format entries: the processed ground-truth box with a little noise
-  and the ground-truth root with a few cm of noise.
+- `{DETECTOR_FILE}` holds a person detector's boxes in the official format (image id and an unprocessed
+  box): the ground-truth box with its centre and size jittered (fixed seed). RootNet runs on it with
+  `USE_GT_INFO = False` (its `DETECTOR_BOXES` default on the demo).
+- `{BBOX_ROOT_FILE}` holds RootNet-format entries: those detector boxes through `process_bbox`, and the
+  ground-truth root with a few cm of noise; its sidecar `{box_sources.sidecar_path(BBOX_ROOT_FILE).name}` says so.
 - {num_images} images, {num_test} of them test samples (`frame_idx % 64 == 0`). The sequence
   `s_11_act_02_subact_02_ca_01` is absent, as in the released data.
 
@@ -626,13 +661,14 @@ def generate(out_dir: str | os.PathLike, seed: int = 0, frames: int = DEFAULT_FR
     total = sum(len(_sequence_frames(frames, sub, cam)) for s in subjects for a in range(len(ACTION_NAMES))
                 for sub in SUBACTIONS for cam in CAMERA_IDS
                 if (s, a + FIRST_ACTION_IDX, sub, cam) not in MISSING_SEQUENCES)
-    per_subject, bbox_root = {}, []
+    per_subject, bbox_root, detections = {}, [], []
     try:
         with tqdm(total=total, desc="demo images", unit="img", disable=not show_progress) as progress:
             for subject in subjects:
-                per_subject[subject], entries = _write_subject(staging, subject, seed, frames, progress)
+                per_subject[subject], entries, boxes = _write_subject(staging, subject, seed, frames, progress)
                 bbox_root.extend(entries)
-        atomic.write_json(staging / BBOX_ROOT_FILE, sorted(bbox_root, key=lambda e: e["image_id"]), indent=None)
+                detections.extend(boxes)
+        _write_box_files(staging, bbox_root, detections)
         num_images = sum(per_subject.values())
         atomic.write_text(staging / README_FILE, _readme(seed, frames, subjects, num_images, len(bbox_root)))
         _prepare_target(out_dir)  # the folder may have changed while generating
@@ -653,7 +689,7 @@ def generate(out_dir: str | os.PathLike, seed: int = 0, frames: int = DEFAULT_FR
         root=out_dir,
         annotation_dir=out_dir.joinpath(*ANNOTATION_SUBDIR),
         image_dirs={s: out_dir.joinpath(*IMAGE_SUBDIRS[s]) for s in subjects},
-        bbox_root_file=out_dir / BBOX_ROOT_FILE,
+        bbox_root_file=out_dir / BBOX_ROOT_FILE, detector_file=out_dir / DETECTOR_FILE,
         subjects=subjects, seed=seed, frames=frames, num_images=num_images,
         num_test_samples=len(bbox_root), seconds=time.perf_counter() - start,
         images_per_subject=per_subject,
@@ -681,6 +717,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {info.num_images} images ({info.num_test_samples} test samples) for "
           f"{', '.join(f'S{s}' for s in info.subjects)} to {info.root} in {info.seconds:.1f} s")
     print(f"annotations: {info.annotation_dir}")
+    print(f"detector:    {info.detector_file}")
     print(f"bbox_root:   {info.bbox_root_file}")
     return 0
 

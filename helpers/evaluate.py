@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import zipfile
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +17,7 @@ import pandas as pd  # noqa: F401  (PerSample.frame)
 
 from . import metrics
 from .geometry import DEPTH_EXTENT_MM, heatmap_to_camera
+from .box_sources import MODEL_OUTPUT, root_label
 from .h36m import ImageCheck, TestSet, find_ids
 from .protocol import (ACTION_NAMES, EVAL_JOINT_NAMES, EVAL_JOINTS, NUM_JOINTS,
                        ROOT_JOINT, THORAX, conventions_for, get_protocol)
@@ -411,7 +412,8 @@ def _evaluate_pose(test_set: TestSet, pred: dict, *, allow_partial: bool = False
     spec = get_protocol(test_set.protocol)
     if flip_test is None and isinstance(pred.get("flip_test"), bool):
         flip_test = pred["flip_test"]
-    conventions = conventions_for(spec.number, detected=test_set.bbox_source == "detected", flip_test=flip_test)
+    conventions = conventions_for(spec.number, bbox_source=test_set.bbox_source, root_source=test_set.root_source,
+                                  flip_test=flip_test, sources=test_set.sources)
     result = _base_result("pose", test_set, len(ts), unexcused, conventions, image_check)
     result["conventions"]["depth_extent_mm"] = extent
     if protocol_note:
@@ -455,21 +457,50 @@ def _evaluate_root(test_set: TestSet, pred: dict, *, allow_partial: bool = False
     errs = metrics.root_errors(roots, ts.gt_root_cam)
     if flip_test is None and isinstance(pred.get("flip_test"), bool):
         flip_test = pred["flip_test"]
-    conventions = replace(conventions_for(test_set.protocol, detected=test_set.bbox_source == "detected",
-                                          flip_test=flip_test),
-                          root_source="evaluated (model output)")
+    # The roots are the model's own; the test set's (ground truth, or a bbox_root file's) are not used.
+    sources = {**test_set.sources, "roots": {"source": MODEL_OUTPUT, "label": root_label(MODEL_OUTPUT)}}
+    conventions = conventions_for(test_set.protocol, bbox_source=test_set.bbox_source, root_source=MODEL_OUTPUT,
+                                  flip_test=flip_test, sources=sources)
     result = _base_result("root", test_set, len(ts), unexcused, conventions, image_check)
     block = metrics.mrpe(roots, ts.gt_root_cam)
     block["per_action"] = _group_means(errs[:, 0], ts.action_index, ACTION_NAMES)
     block["per_subject"] = _subject_means(errs[:, 0], ts.subject)
     result["metrics"] = {"mrpe": block}
     result["headline"] = {"metric": "mrpe", "value": block["total"]}
+    if ts.file_root_cam is not None:
+        result["root_reproduction"] = root_reproduction(roots, ts.file_root_cam, ts.image_id, test_set.sources)
     if pred.get("file") is not None:
         result["predictions"] = {"file": pred["file"]}
     result = _finish(result, extra)
     if not return_per_sample:
         return result
     return result, _per_sample(ts, {"mrpe": errs[:, 0]}, pred_cam=roots)
+
+
+REPRODUCTION_WORST = 5  # samples listed by image id in a root_reproduction block
+
+
+def root_reproduction(roots, file_roots, image_id, sources: dict) -> dict:
+    """Predicted roots against the roots of the bbox_root file whose boxes the run used, sample by sample (mm).
+
+    On a released RootNet file's boxes with the released checkpoint of the same protocol this reproduces the
+    authors' RootNet run: the differences are what separates the two runs (hardware, software, float order)."""
+    diff = np.asarray(roots, np.float64) - np.asarray(file_roots, np.float64)
+    distance = np.linalg.norm(diff, axis=1)
+    file_block = (sources or {}).get("bbox_root_file") or {}
+    released = file_block.get("origin") == "released"
+    worst = np.argsort(-distance, kind="stable")[:REPRODUCTION_WORST]
+    reference = (f"the released RootNet output (protocol {file_block.get('protocol')})" if released
+                 else f"the roots of the bbox_root file {file_block.get('file')} ({file_block.get('origin', 'unknown')} "
+                      "origin)")
+    return {
+        "reference": reference, "released": released, "reference_protocol": file_block.get("protocol"),
+        "file": file_block.get("file"), "file_sha256": file_block.get("file_sha256"), "samples": int(len(distance)),
+        "mean_mm": float(distance.mean()), "median_mm": float(np.median(distance)),
+        "p95_mm": float(np.percentile(distance, 95)), "max_mm": float(distance.max()),
+        "mean_abs_xyz_mm": [float(v) for v in np.abs(diff).mean(axis=0)],
+        "worst": [{"image_id": int(image_id[i]), "distance_mm": float(distance[i])} for i in worst],
+    }
 
 
 def evaluate_predictions(test_set: TestSet, predictions, **kwargs):

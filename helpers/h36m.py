@@ -1,7 +1,8 @@
 """Human3.6M data layer: find the annotation and image folders, load the test set, check images.
 
 Reads the 3DMPPE annotation format (helpers/README.md, "Annotation files"): per subject `Human36M_subject{S}_data.json`,
-`..._camera.json` and `..._joint_3d.json`, plus RootNet-format `bbox_root` files. Folders are found
+`..._camera.json` and `..._joint_3d.json`, plus RootNet-format `bbox_root` files and person-detector box files
+(`bbox_human36m_output.json`, what the official RootNet test reads). Folders are found
 by searching, never by assuming one layout, and images are resolved in place (no links, no copies).
 """
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from . import box_sources
 from .geometry import fit_boxes_to_aspect, process_bboxes, world_to_camera
 from .protocol import (ACTION_NAMES, FIRST_ACTION_IDX, L_SHOULDER, R_SHOULDER,
                        get_protocol)
@@ -153,9 +155,11 @@ def find_image_root(root: str | os.PathLike | Iterable[str | os.PathLike],
 class TestSet:
     """The evaluated samples of one protocol, in annotation order (subject by subject).
 
-    `bbox` is the box the pipeline and evaluation use: the processed ground-truth box, or the
-    detected box (fitted to `aspect_ratio` when that is not 1). `root_cam` is the root that places the
-    prediction in depth (ground truth or detected); `gt_root_cam` is always the ground-truth Pelvis (for MRPE).
+    `bbox` is the box the pipeline and evaluation use: the processed ground-truth box, a detector's box through
+    process_bbox, or a bbox_root file's box (fitted to `aspect_ratio` when that is not 1). `root_cam` is the root that
+    places the prediction in depth (ground truth or a bbox_root file's); `gt_root_cam` is always the ground-truth
+    Pelvis (for MRPE). `bbox_source` and `root_source` say where the two come from (helpers.box_sources), and
+    `sources` holds the details a result records (files, hashes, the RootNet run, the protocol check).
     """
 
     protocol: int
@@ -173,14 +177,17 @@ class TestSet:
     joint_cam: np.ndarray  # (N, 18, 3) float64, incl. Thorax
     f: np.ndarray  # (N, 2)
     c: np.ndarray  # (N, 2)
-    bbox_source: str  # "ground_truth" | "detected"
+    bbox_source: str  # box_sources.BOX_SOURCES: "ground_truth" | "detector" | "unknown"
     annotation_dir: Path
     gt_root_cam: np.ndarray  # (N, 3) float64, always the ground-truth root
     gt_bbox: np.ndarray  # (N, 4) the annotation's raw box
     subjects: tuple[int, ...] = ()
     bbox_root_file: Path | None = None
-    dropped_empty_boxes: list[int] = field(default_factory=list)  # image ids whose GT box was empty
+    dropped_empty_boxes: list[int] = field(default_factory=list)  # image ids whose unprocessed box was empty
     aspect_ratio: float = 1.0  # width / height of every box in `bbox`: the model's input aspect ratio
+    root_source: str = "ground_truth"  # box_sources.ROOT_SOURCES
+    sources: dict = field(default_factory=box_sources.ground_truth_sources)  # result.json conventions.sources
+    file_root_cam: np.ndarray | None = None  # (N, 3) the roots of the bbox_root file whose boxes a root model uses
 
     def __len__(self) -> int:
         return len(self.image_id)
@@ -210,9 +217,15 @@ class TestSet:
 
 
 def _read_json(path: Path, what: str):
+    return _read_json_and_sha256(path, what)[0]
+
+
+def _read_json_and_sha256(path: Path, what: str):
+    """(parsed JSON, sha256 of the file's bytes)."""
     try:
         with open(path, "rb") as fh:
-            return json.load(fh)
+            data = fh.read()
+        return json.loads(data), box_sources.bytes_sha256(data)
     except FileNotFoundError:
         raise DataError(f"{what} file {path} is missing; add it to the annotation folder "
                         "(the 3DMPPE Human3.6M annotations hold data, camera and joint_3d files per subject)") from None
@@ -238,12 +251,13 @@ def find_ids(ids, wanted) -> tuple[np.ndarray, np.ndarray]:
 
 @dataclass
 class BBoxRoot:
-    """A RootNet-format file: detected box (already processed: square, x1.25) and root per image."""
+    """A RootNet-format file: box (already processed: square, x1.25) and root per image."""
 
     image_id: np.ndarray  # (M,) int64, sorted
     bbox: np.ndarray  # (M, 4) float64
     root_cam: np.ndarray  # (M, 3) float64 camera mm
     path: Path | None = None
+    file_sha256: str | None = None  # of the file's bytes
 
     def __len__(self) -> int:
         return len(self.image_id)
@@ -252,12 +266,73 @@ class BBoxRoot:
         """Row of each requested id and whether it is present: (positions (K,), found (K,) bool)."""
         return find_ids(self.image_id, image_ids)
 
+    def describe(self) -> dict:
+        """What can be known about where its boxes and roots come from (`box_sources.describe_bbox_root`)."""
+        return box_sources.describe_bbox_root(self.path, self.file_sha256, self.image_id, self.bbox, self.root_cam)
+
+
+@dataclass
+class DetectorBoxes:
+    """A person detector's output in the official format (`bbox_human36m_output.json`, what the official RootNet
+    test reads when `use_gt_bbox` is off): one unprocessed box `[x, y, w, h]` per image."""
+
+    image_id: np.ndarray  # (M,) int64, sorted
+    bbox: np.ndarray  # (M, 4) float64, unprocessed
+    path: Path | None = None
+    file_sha256: str | None = None
+    repeated_images: int = 0  # images listed more than once (the last box is used, as the official loader does)
+
+    def __len__(self) -> int:
+        return len(self.image_id)
+
+    def lookup(self, image_ids) -> tuple[np.ndarray, np.ndarray]:
+        return find_ids(self.image_id, image_ids)
+
+    def describe(self) -> dict:
+        return box_sources.describe_detector_file(self.path, self.file_sha256, len(self), self.repeated_images)
+
+
+_BBOX_ROOT_FORMAT = "expected RootNet output: a JSON list of {\"image_id\", \"bbox\": [x, y, w, h], \"root_cam\": [X, Y, Z]}"
+_DETECTOR_FORMAT = ("expected a person detector's output (bbox_human36m_output.json): a JSON list of {\"image_id\", "
+                    "\"bbox\": [x, y, w, h]}, or a RootNet bbox_root file")
+
 
 def load_bbox_root(path: str | os.PathLike) -> BBoxRoot:
     """Read a RootNet output file `[{"image_id", "bbox": [x,y,w,h], "root_cam": [X,Y,Z]}, ...]`, sorted by id."""
     path = Path(path)
-    entries = _read_json(path, "bbox_root")
-    fix = "expected RootNet output: a JSON list of {\"image_id\", \"bbox\": [x, y, w, h], \"root_cam\": [X, Y, Z]}"
+    entries, sha256 = _read_json_and_sha256(path, "bbox_root")
+    return _parse_bbox_root(entries, path, sha256)
+
+
+def load_box_file(path: str | os.PathLike) -> BBoxRoot | DetectorBoxes:
+    """Boxes for a RootNet run: a detector's file in the official format (entries without `root_cam`), or a
+    bbox_root file (entries with `root_cam`: its processed boxes, and its roots for comparison)."""
+    path = Path(path)
+    entries, sha256 = _read_json_and_sha256(path, "detector box")
+    if not isinstance(entries, list) or not entries or not isinstance(entries[0], dict):
+        raise DataError(f"box file {path} is empty or not a list of entries; {_DETECTOR_FORMAT}")
+    if "root_cam" in entries[0]:
+        return _parse_bbox_root(entries, path, sha256)
+    try:
+        ids = np.array([e["image_id"] for e in entries])
+        bbox = np.array([e["bbox"] for e in entries], dtype=np.float64)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DataError(f"box file {path} has a malformed entry ({type(exc).__name__}: {exc}); "
+                        f"{_DETECTOR_FORMAT}") from None
+    if ids.dtype.kind not in "iu" or bbox.shape != (len(entries), 4):
+        raise DataError(f"box file {path}: image_id values must be integers and every bbox 4 numbers; "
+                        f"{_DETECTOR_FORMAT}")
+    if not np.isfinite(bbox).all():
+        raise DataError(f"box file {path} contains NaN or infinite values; regenerate it")
+    ids = ids.astype(np.int64)
+    # The official loader fills a dict in file order, so the last box of an image wins.
+    last = len(ids) - 1 - np.unique(ids[::-1], return_index=True)[1]
+    repeated = len(np.unique(ids[np.setdiff1d(np.arange(len(ids)), last)]))
+    return DetectorBoxes(ids[last], bbox[last], path, sha256, repeated)
+
+
+def _parse_bbox_root(entries, path: Path, sha256: str | None) -> BBoxRoot:
+    fix = _BBOX_ROOT_FORMAT
     if not isinstance(entries, list) or not entries:
         raise DataError(f"bbox_root file {path} is empty or not a list; {fix}")
     try:
@@ -278,7 +353,7 @@ def load_bbox_root(path: str | os.PathLike) -> BBoxRoot:
     if len(duplicated):
         raise DataError(f"bbox_root file {path} lists image ids more than once ({_first(np.unique(duplicated))}); "
                         "keep one entry per image")
-    return BBoxRoot(ids, bbox[order], root[order], path)
+    return BBoxRoot(ids, bbox[order], root[order], path, sha256)
 
 
 def _column(records: list[dict], key: str, path: Path, dtype=np.int64) -> np.ndarray:
@@ -357,17 +432,25 @@ def _load_subject(annotation_dir: Path, subject: int, stride: int) -> dict:
 
 def load_test_set(annotation_dir: str | os.PathLike, protocol: int = 2,
                   bbox_root: str | os.PathLike | BBoxRoot | None = None,
-                  subjects: Sequence[int] | None = None, aspect_ratio: float = 1.0) -> TestSet:
+                  subjects: Sequence[int] | None = None, aspect_ratio: float = 1.0,
+                  detector_boxes: str | os.PathLike | DetectorBoxes | BBoxRoot | None = None) -> TestSet:
     """Load the protocol's test samples (`frame_idx % 64 == 0`) from the 3DMPPE annotation files.
 
-    `annotation_dir` may also be any folder above it (see `find_annotation_dir`). Without `bbox_root`
-    the processed ground-truth boxes and GT roots are used (samples with an empty box are dropped);
-    with it, the detected boxes and roots, which must cover every test image.
+    `annotation_dir` may also be any folder above it (see `find_annotation_dir`). Boxes and roots (helpers/README.md,
+    "Boxes and roots: two facts"):
+    - neither file: the processed ground-truth boxes and GT roots (samples with an empty box are dropped);
+    - `bbox_root`: the boxes and roots of a RootNet-format file, which must cover every test image; where the file
+      comes from (released, written by a RootNet run, unknown) and whether it fits the protocol is in `sources`;
+    - `detector_boxes` (what a RootNet run uses): a person detector's boxes in the official format, processed like
+      ground-truth boxes (an empty box drops the sample), or the boxes of a bbox_root file as they are (its roots
+      become `file_root_cam`, for comparison); roots are the ground truth's.
     `aspect_ratio` is the model's input width / height (`ModelSpec.aspect_ratio`, 0.75 for 384x288):
-    ground-truth boxes are padded to it around their centre (helpers/README.md, "Boxes"); detected boxes, square in
-    RootNet files, become the largest box of that aspect ratio inside them, same centre
+    unprocessed boxes are padded to it around their centre (helpers/README.md, "Boxes"); a bbox_root file's boxes,
+    square in RootNet files, become the largest box of that aspect ratio inside them, same centre
     (`geometry.fit_boxes_to_aspect`).
     """
+    if bbox_root is not None and detector_boxes is not None:
+        raise ValueError("give bbox_root (boxes and roots) or detector_boxes (boxes only), not both")
     aspect_ratio = float(aspect_ratio)
     if not (np.isfinite(aspect_ratio) and aspect_ratio > 0):
         raise ValueError(f"aspect_ratio must be a positive number (input width / height), got {aspect_ratio}")
@@ -389,27 +472,33 @@ def load_test_set(annotation_dir: str | os.PathLike, protocol: int = 2,
         raise DataError(f"no test frames (frame_idx % {spec.frame_stride} == 0) in the annotations of subjects "
                         f"{list(subjects)} in {annotation_dir}")
     gt_root = cat["joint_cam"][:, 0].copy()
-    dropped: list[int] = []
-    bbox_root_file = None
-    if bbox_root is None:
+    root_cam, file_root_cam, bbox_root_file = gt_root, None, None
+    boxes = (load_box_file(detector_boxes) if isinstance(detector_boxes, (str, os.PathLike)) else detector_boxes)
+    if bbox_root is None and boxes is None:
         bbox, valid = process_bboxes(cat["gt_bbox"], cat["width"], cat["height"], aspect_ratio)
-        dropped = [int(i) for i in cat["image_id"][~valid]]
-        root_cam = gt_root
-        source = "ground_truth"
+        sources = box_sources.ground_truth_sources()
+    elif isinstance(boxes, DetectorBoxes):
+        pos = _covering_rows(boxes, cat["image_id"], spec.number, "detector box file")
+        bbox, valid = process_bboxes(boxes.bbox[pos], cat["width"], cat["height"], aspect_ratio)
+        sources = box_sources.sources_for_detector_boxes(boxes.describe(), None, from_bbox_root=False)
     else:
-        table = bbox_root if isinstance(bbox_root, BBoxRoot) else load_bbox_root(bbox_root)
+        table = bbox_root if boxes is None else boxes
+        table = table if isinstance(table, BBoxRoot) else load_bbox_root(table)
         bbox_root_file = table.path
-        pos, found = table.lookup(cat["image_id"])
-        if not found.all():
-            lacking = cat["image_id"][~found]
-            raise DataError(f"bbox_root file {table.path} lacks {len(lacking)} of {len(found)} protocol-"
-                            f"{spec.number} test images (first ids {_first(lacking)}); use the RootNet output "
-                            "made for this protocol's test set, or evaluate with ground-truth boxes")
-        bbox, root_cam, valid = table.bbox[pos], table.root_cam[pos], np.ones(len(pos), bool)
+        pos = _covering_rows(table, cat["image_id"], spec.number, "bbox_root file")
+        bbox, valid = table.bbox[pos], np.ones(len(pos), bool)
         if aspect_ratio != 1.0:
             bbox = fit_boxes_to_aspect(bbox, aspect_ratio)
-        source = "detected"
+        description = table.describe()
+        check = box_sources.protocol_check(description, spec.number, test_images=len(pos), uses_roots=boxes is None)
+        if boxes is None:
+            root_cam = table.root_cam[pos]
+            sources = box_sources.sources_for_bbox_root(description, check)
+        else:
+            file_root_cam = table.root_cam[pos]
+            sources = box_sources.sources_for_detector_boxes(description, check, from_bbox_root=True)
 
+    dropped = [int(i) for i in cat["image_id"][~valid]]
     keep = np.flatnonzero(valid)
     arrays = {k: v[keep] for k, v in cat.items() if k != "file_name"}
     return TestSet(
@@ -419,10 +508,23 @@ def load_test_set(annotation_dir: str | os.PathLike, protocol: int = 2,
         subject=arrays["subject"], action_idx=arrays["action_idx"], subaction_idx=arrays["subaction_idx"],
         cam_idx=arrays["cam_idx"], frame_idx=arrays["frame_idx"], width=arrays["width"], height=arrays["height"],
         bbox=bbox[keep], root_cam=np.asarray(root_cam, dtype=np.float64)[keep], joint_cam=arrays["joint_cam"],
-        f=arrays["f"], c=arrays["c"], bbox_source=source, annotation_dir=annotation_dir,
+        f=arrays["f"], c=arrays["c"], bbox_source=sources["boxes"]["source"], annotation_dir=annotation_dir,
         gt_root_cam=gt_root[keep], gt_bbox=arrays["gt_bbox"], subjects=subjects,
         bbox_root_file=bbox_root_file, dropped_empty_boxes=dropped, aspect_ratio=aspect_ratio,
+        root_source=sources["roots"]["source"], sources=sources,
+        file_root_cam=None if file_root_cam is None else np.asarray(file_root_cam, np.float64)[keep],
     )
+
+
+def _covering_rows(table: BBoxRoot | DetectorBoxes, image_ids: np.ndarray, protocol: int, what: str) -> np.ndarray:
+    """The row of every test image in `table`; a DataError naming the first absent ids when any is missing."""
+    pos, found = table.lookup(image_ids)
+    if not found.all():
+        lacking = image_ids[~found]
+        raise DataError(f"{what} {table.path} lacks {len(lacking)} of {len(found)} protocol-{protocol} test images "
+                        f"(first ids {_first(lacking)}); use the file made for this protocol's test set, or "
+                        "evaluate with ground-truth boxes")
+    return pos
 
 
 def _as_image_roots(image_root_or_roots) -> list[Path]:

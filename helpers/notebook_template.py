@@ -134,8 +134,20 @@ def model_notebook(family) -> nbformat.NotebookNode:
            + (", and the RootNet-format bbox_root file for the other notebooks." if root else ".")),
         code("run.save()"),
         md("## Paper comparison\nMeasured minus published, graded: |Δ| < 1 mm excellent, < 2 very good, < 5 "
-           "acceptable, otherwise investigate."),
+           "acceptable, otherwise investigate. A published number is used only for the setting it was published "
+           "in: ground-truth boxes and roots, or detector boxes with RootNet roots; any other box and root "
+           "source gets no paper value, and the grade says why."),
         code("run.paper_comparison()"),
+    ]
+    if root:
+        cells += [
+            md("## RootNet reproduction check\nWith `USE_GT_INFO = False` and `DETECTOR_BOXES` set to a bbox_root file "
+               "(the released RootNet output, for instance), RootNet runs on that file's boxes, and its roots are "
+               "compared with the file's, image by image (mm). On the released file's boxes with the released "
+               "checkpoint of the same protocol this reproduces the authors' run: the two should agree closely."),
+            code("run.root_reproduction()"),
+        ]
+    cells += [
         md("## Plots"),
         code("run.plots()"),
         md("## Qualitative samples\nFrom the best to the worst sample: the crop with the prediction"
@@ -154,19 +166,32 @@ def model_notebook(family) -> nbformat.NotebookNode:
 CONSOLIDATE_PARAMETERS = '''\
 # Parameters (papermill overrides this cell)
 RESULTS_DIR = None  # folder holding <model_id>/result.json; None: the default output folder
-OUT_DIR = None  # where the report goes; None: RESULTS_DIR/report'''
+OUT_DIR = None  # where the report goes; None: RESULTS_DIR/report
+ACTION_ORDER = "paper"  # per-action table columns: "paper" (Dir., Disc., Eat, Greet, Phone, Photo, ...) or "official"
+AVERAGE = "total"  # Avg. column: "total" (official: mean over samples x joints) or "action_mean"'''
 
 CONSOLIDATE = '''\
 from helpers import environment
 from helpers.consolidate import consolidate
+from helpers.tables import TableOptions
 
 results_dir = Path(RESULTS_DIR) if RESULTS_DIR else environment.default_output_dir()
-consolidated = consolidate(results_dir, OUT_DIR)
+consolidated = consolidate(results_dir, OUT_DIR, TableOptions(action_order=ACTION_ORDER, average=AVERAGE))
 for problem in consolidated.problems:
     print(f"problem: {problem}")
 if consolidated.any_random_demo:
     print("Some results come from RANDOM DEMO WEIGHTS: their numbers are meaningless (marked in every table).")
 consolidated.leaderboard'''
+
+SHOW_TABLES = '''\
+from IPython.display import Markdown, display
+
+from helpers.tables import markdown_document
+
+for table in consolidated.tables:
+    display(Markdown(markdown_document(table)))
+print(f"LaTeX: {consolidated.files[\'tables_tex\']} (pdflatex compiles it as is); "
+      f"BibTeX: {consolidated.files[\'references\']}")'''
 
 SHOW_PLOTS = '''\
 from IPython.display import Image, display
@@ -194,6 +219,12 @@ def consolidate_notebook() -> nbformat.NotebookNode:
         code(CONSOLIDATE),
         md("## Per-action headline errors (mm)"),
         code("consolidated.per_action"),
+        md("## Per-action tables for papers\nOne table per group and metric, in `report/tables/` as LaTeX (a booktabs "
+           "tabular to `\\input`), Markdown and CSV, plus `tables.tex`, a standalone document that compiles with "
+           "pdflatex, and `report/references.bib`. Columns in the papers' order (or the official one, `ACTION_ORDER`), "
+           "one decimal; best value bold, second underlined among comparable rows; rows of random demo weights, "
+           "generated data or partial runs are marked and never ranked."),
+        code(SHOW_TABLES),
         md("## Paired comparisons\nDelta = a − b (mm) on the common images, with its 95 % interval from a bootstrap "
            "over recordings; `significant` when the interval excludes 0. The interval is the sampling uncertainty "
            "of the test set, not reproduction error."),

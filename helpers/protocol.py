@@ -33,6 +33,18 @@ ACTION_NAMES: tuple[str, ...] = (
 )
 FIRST_ACTION_IDX = 2
 
+# The order most papers print the actions in (Martinez et al. 2017, Sun et al. 2018, Pavllo et al. 2019): Photo
+# after Phoning and WalkDog before Walking, unlike the official index order above. Their column headings:
+PAPER_ACTION_ORDER: tuple[str, ...] = (
+    "Directions", "Discussion", "Eating", "Greeting", "Phoning", "Photo", "Posing", "Purchases",
+    "Sitting", "SittingDown", "Smoking", "Waiting", "WalkDog", "Walking", "WalkTogether",
+)
+ACTION_ABBREVIATIONS: dict[str, str] = {
+    "Directions": "Dir.", "Discussion": "Disc.", "Eating": "Eat", "Greeting": "Greet", "Phoning": "Phone",
+    "Photo": "Photo", "Posing": "Pose", "Purchases": "Purch.", "Sitting": "Sit", "SittingDown": "SitD.",
+    "Smoking": "Smoke", "Waiting": "Wait", "WalkDog": "WalkD.", "Walking": "Walk", "WalkTogether": "WalkT.",
+}
+
 
 def action_name(action_idx: int) -> str:
     """Action name for an annotation's `action_idx` (2..16)."""
@@ -103,10 +115,14 @@ class Conventions:
         "total": "mean over all samples x 17 joints (official 'tot')",
         "action_mean": "unweighted mean of the 15 per-action means (VideoPose3D style)",
     })
-    bbox_source: str = "ground_truth"  # or "detected" (RootNet-format bbox_root file)
-    root_source: str = "ground_truth"  # or "detected"
+    # Where boxes and roots come from, two separate facts (helpers.box_sources): box "ground_truth" | "detector" |
+    # "unknown"; root "ground_truth" | "rootnet_released" | "rootnet_run" | "generated" | "unknown" (a root model's
+    # own result: "evaluated (model output)"). Results written before they were told apart say "detected".
+    bbox_source: str = "ground_truth"
+    root_source: str = "ground_truth"
     flip_test: bool | None = None  # None: unknown (e.g. rescoring a dump that does not say)
     units: str = "mm"
+    sources: dict = field(default_factory=dict)  # the details: files, hashes, RootNet run, protocol check
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -115,8 +131,9 @@ class Conventions:
         return d
 
 
-def conventions_for(protocol: int, *, detected: bool = False, flip_test: bool | None = None) -> Conventions:
+def conventions_for(protocol: int, *, bbox_source: str = "ground_truth", root_source: str = "ground_truth",
+                    flip_test: bool | None = None, sources: dict | None = None) -> Conventions:
     p = get_protocol(protocol)
-    src = "detected" if detected else "ground_truth"
     return Conventions(protocol=p.number, test_subjects=p.test_subjects, frame_stride=p.frame_stride,
-                       bbox_source=src, root_source=src, flip_test=flip_test)
+                       bbox_source=bbox_source, root_source=root_source, flip_test=flip_test,
+                       sources=dict(sources or {}))

@@ -47,7 +47,7 @@ KAGGLE_LICENSES = frozenset({
 _OWNER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 _SLUG_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]*[a-z0-9])?$")
 
-DATA_SUFFIXES = frozenset({".json", ".npz", ".csv", ".md", ".txt", ".yaml", ".yml"})
+DATA_SUFFIXES = frozenset({".json", ".npz", ".csv", ".md", ".txt", ".yaml", ".yml", ".tex", ".bib"})  # .tex/.bib: tables
 NOTEBOOK_SUFFIX = ".ipynb"
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 # Plots this project writes that hold numbers only; any other image may show Human3.6M frames.

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -14,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from .atomic import atomic_path, write_text
+from .box_sources import box_label, sources_label
 from .protocol import (ACTION_NAMES, EVAL_JOINT_NAMES, HEADLINE_METRICS, JOINT_NAMES, METRIC_LABELS, POSE_METRICS,
                        SKELETON)
 from .result_schema import validate_result
@@ -33,7 +35,41 @@ LEFT_COLOR, RIGHT_COLOR, CENTER_COLOR = "tab:blue", "tab:red", "tab:gray"
 _GRADES: tuple[tuple[float, str], ...] = ((1.0, "excellent"), (2.0, "very good"), (5.0, "acceptable"))
 
 
+# The PaperResult field that holds a pose model's published headline, by protocol and published setting
+# (`published_setting`: ground-truth boxes and roots, or detector boxes with RootNet roots).
+PUBLISHED_POSE_FIELDS = {2: {"ground_truth": "p2_mpjpe", "detected": "p2_mpjpe_detected"},
+                         1: {"ground_truth": "p1_pa_mpjpe", "detected": "p1_pa_mpjpe_detected"}}
+
+
 # ----------------------------------------------------------------------------------------------- helpers
+@dataclass(frozen=True)
+class Provenance:
+    """What a result's numbers rest on: the weights, the data, how much of the test set, which boxes and roots."""
+
+    weights: str  # "released" | "random_demo" | "unknown"
+    random_weights: bool
+    generated_data: bool | None  # None: the result does not say (e.g. `rescore` of a predictions file)
+    partial: bool
+    samples: int
+    expected: int
+    bbox_source: str
+    root_source: str
+    flip_test: bool | None
+
+
+def provenance(result: dict) -> Provenance:
+    """The one place that reads these facts from result.json (weights.kind, settings.demo_data, partial,
+    conventions), so that a change in how result.json records them is made here only."""
+    weights = (result.get("weights") or {}).get("kind", "unknown")
+    conv = result["conventions"]
+    demo_data = (result.get("settings") or {}).get("demo_data")
+    return Provenance(weights=weights, random_weights=is_random_demo(result),
+                      generated_data=None if demo_data is None else bool(demo_data),
+                      partial=bool(result.get("partial")), samples=int(result["num_samples"]),
+                      expected=int(result["num_expected"]), bbox_source=conv["bbox_source"],
+                      root_source=conv["root_source"], flip_test=conv.get("flip_test"))
+
+
 def is_random_demo(result: dict) -> bool:
     return (result.get("weights") or {}).get("kind") == "random_demo"
 
@@ -43,12 +79,18 @@ def model_label(result: dict, fallback: str = "model") -> str:
 
 
 def source_label(result: dict) -> str:
-    """Where boxes and roots came from. A root result is produced by the model, so only its box source counts."""
+    """Where boxes and roots came from, two facts ("detector boxes, released RootNet roots"). A root result's roots
+    are the model's own, so only its box source counts."""
     conv = result["conventions"]
-    box, root = (conv[key].replace("_", " ") for key in ("bbox_source", "root_source"))
     if result["kind"] == "root":
-        return f"{box} box"
-    return f"{box} box/root" if box == root else f"{box} box, {root} root"
+        return box_label(conv["bbox_source"])
+    return sources_label(conv["bbox_source"], conv["root_source"])
+
+
+def protocol_mismatch(result: dict) -> str | None:
+    """The protocol check's message when the result's bbox_root file was made for another protocol, else None."""
+    check = (result["conventions"].get("sources") or {}).get("protocol_check") or {}
+    return check.get("message") if check.get("status") == "mismatch" else None
 
 
 def setting_label(result: dict) -> str:
@@ -62,9 +104,10 @@ def setting_label(result: dict) -> str:
 
 
 def _mark_table(frame: pd.DataFrame, result: dict) -> pd.DataFrame:
-    """The column-axis name is printed above the index in every DataFrame display: a visible marker."""
+    """The column-axis name is printed above the index in every DataFrame display: a visible marker (before any
+    caption the table already has there)."""
     if is_random_demo(result):
-        frame.columns.name = DEMO_MARKER
+        frame.columns.name = DEMO_MARKER + (f" | {frame.columns.name}" if frame.columns.name else "")
     return frame
 
 
@@ -107,13 +150,43 @@ def grade_delta(delta_mm: float) -> str:
     return "investigate"
 
 
-def paper_comparison(result: dict, spec) -> pd.DataFrame:
-    """Measured vs published numbers for the setting this result was run in, with Δ = measured − paper and a grade.
+def published_setting(result: dict) -> tuple[str | None, str]:
+    """Which published setting a pose result was run in: ("ground_truth" | "detected", "") or (None, why none).
 
-    Pose, protocol 2: MPJPE total vs `p2_mpjpe` (GT box/root) or `p2_mpjpe_detected` (detected box/root).
-    Pose, protocol 1: PA-MPJPE rigid fit18 total vs `p1_pa_mpjpe` or `p1_pa_mpjpe_detected`.
+    The papers publish two: ground-truth boxes and roots, and detector boxes with RootNet roots (the authors'
+    RootNet output). A run of ours reproduces the second when a RootNet run with the released weights made its
+    roots; ground-truth boxes with RootNet roots, or files of unknown origin, have no published number."""
+    conv = result["conventions"]
+    box, root = conv["bbox_source"], conv["root_source"]
+    mismatch = protocol_mismatch(result)
+    if mismatch:
+        return None, f"n/a: {mismatch}"
+    if box == "ground_truth" and root == "ground_truth":
+        return "ground_truth", ""
+    if box == "detector" and root == "rootnet_released":
+        return "detected", ""
+    if box == "detector" and root == "rootnet_run":
+        weights = ((conv.get("sources") or {}).get("roots") or {}).get("weights")
+        if weights == "released":
+            return "detected", ""
+        return None, (f"n/a: the roots come from a RootNet run with {str(weights or 'unrecorded').replace('_', ' ')} "
+                      "weights, not the released checkpoint")
+    if box == "ground_truth" and root in ("rootnet_released", "rootnet_run"):
+        return None, "n/a: no published number for ground-truth boxes with RootNet roots"
+    if "detected" in (box, root):
+        return None, ("n/a: written before box and root sources were recorded separately, so the bbox_root file's "
+                      "origin is unknown; rescore it with --bbox-root")
+    return None, f"n/a: no published number for {sources_label(box, root)}"
+
+
+def paper_comparison(result: dict, spec) -> pd.DataFrame:
+    """Measured vs published numbers, only like for like, with Δ = measured − paper and a grade.
+
+    Pose, protocol 2: MPJPE total vs `p2_mpjpe` (ground-truth boxes and roots) or `p2_mpjpe_detected` (detector boxes,
+    RootNet roots: `published_setting`). Pose, protocol 1: PA-MPJPE rigid fit18 total vs `p1_pa_mpjpe` or
+    `p1_pa_mpjpe_detected`.
     Root (RootNet): MRPE total, x, y, z vs `paper.mrpe`, published for protocol 2 with ground-truth boxes
-    (RootNet's Human3.6M test crops the annotation boxes).
+    (RootNet's Human3.6M test crops the annotation boxes by default, `use_gt_bbox = True`).
     A setting the paper did not publish gets no paper value and the grade says why.
     """
     kind = result["kind"]
@@ -138,17 +211,17 @@ def paper_comparison(result: dict, spec) -> pd.DataFrame:
     else:
         if protocol == 2:
             metric, label = "mpjpe", "MPJPE"
-            by_source = {"ground_truth": paper.p2_mpjpe, "detected": paper.p2_mpjpe_detected}
         else:
             metric, label = "pa_mpjpe_rigid_fit18", "PA-MPJPE rigid fit18"
-            by_source = {"ground_truth": paper.p1_pa_mpjpe, "detected": paper.p1_pa_mpjpe_detected}
+        by_setting = {setting: getattr(paper, name) for setting, name in PUBLISHED_POSE_FIELDS[protocol].items()}
         value = None
         if conv.get("protocol_note"):
             no_paper_reason = f"n/a: another protocol ({conv['protocol_note']})"
-        elif conv["bbox_source"] != conv["root_source"]:
-            no_paper_reason = "n/a: no published value for a mixed box/root source"
         else:
-            value = by_source.get(conv["bbox_source"])
+            setting, reason = published_setting(result)
+            value = by_setting.get(setting)
+            if reason:
+                no_paper_reason = reason
         rows.append((label, result["metrics"][metric]["total"], value))
 
     demo = is_random_demo(result)
@@ -173,6 +246,46 @@ def paper_comparison(result: dict, spec) -> pd.DataFrame:
             "paper source": paper.source,
         })
     return _mark_table(pd.DataFrame(records).set_index("metric"), result)
+
+
+def published_values(result: dict, spec) -> tuple[float | None, dict]:
+    """(the published headline total, its published per-action values {action: mm}) for the setting `result`
+    was run in, as `paper_comparison` picks it; (None, {}) where the papers publish none for that setting."""
+    conv = result["conventions"]
+    protocol = int(conv["protocol"])
+    if result["kind"] == "root":
+        name = "mrpe" if protocol == 2 and conv["bbox_source"] == "ground_truth" else None
+    elif conv.get("protocol_note"):
+        name = None
+    else:
+        name = PUBLISHED_POSE_FIELDS.get(protocol, {}).get(published_setting(result)[0])
+    if name is None:
+        return None, {}
+    total = getattr(spec.paper, name)
+    if isinstance(total, dict):  # mrpe: {"total", "x", "y", "z"}
+        total = total.get("total")
+    return total, dict((spec.paper.per_action or {}).get(name) or {})
+
+
+def root_reproduction_frame(result: dict) -> pd.DataFrame | None:
+    """A root result's roots against the roots of the bbox_root file whose boxes it ran on (sample by sample, mm);
+    on the released file's boxes, RootNet's reproduction check. None when the run did not use such a file."""
+    block = result.get("root_reproduction")
+    if not block:
+        return None
+    x, y, z = block["mean_abs_xyz_mm"]
+    rows = [("reference", block["reference"]), ("samples compared", block["samples"]),
+            ("mean distance (mm)", block["mean_mm"]), ("median distance (mm)", block["median_mm"]),
+            ("95th percentile (mm)", block["p95_mm"]), ("max distance (mm)", block["max_mm"]),
+            ("mean |dx|, |dy|, |dz| (mm)", f"{x:.3f}, {y:.3f}, {z:.3f}"),
+            ("largest differences", ", ".join(f"{w['image_id']}: {w['distance_mm']:.2f} mm" for w in block["worst"]))]
+    if block.get("released") and block.get("reference_protocol") not in (None, result["conventions"]["protocol"]):
+        rows.append(("note", f"the reference roots come from the protocol-{block['reference_protocol']} RootNet, "
+                             f"this run is protocol {result['conventions']['protocol']}: expect larger differences"))
+    frame = pd.DataFrame(rows, columns=["item", "value"]).set_index("item")
+    frame.columns.name = ("RootNet reproduction check: this run vs the released roots" if block.get("released")
+                          else "this run's roots vs the bbox_root file's roots")
+    return _mark_table(frame, result)
 
 
 # ------------------------------------------------------------------------------------------------- tables
@@ -204,6 +317,7 @@ def per_action_frame(result: dict, subjects: bool = False) -> pd.DataFrame:
         for subject in metrics[present[0]]["per_subject"]:
             frame.loc[subject] = [metrics[k]["per_subject"][subject] for k in present]
     frame.index.name = "action"
+    frame.columns.name = setting_label(result)  # which boxes and roots, shown above the table
     return _mark_table(frame.astype(float), result)
 
 
@@ -218,6 +332,7 @@ def per_joint_frame(result: dict) -> pd.DataFrame:
         raise ValueError("the result has no per-joint metrics")
     frame = pd.DataFrame(columns, index=list(EVAL_JOINT_NAMES))
     frame.index.name = "joint"
+    frame.columns.name = setting_label(result)
     return _mark_table(frame.astype(float), result)
 
 
@@ -226,7 +341,7 @@ def format_table(result: dict) -> str:
     conv = result["conventions"]
     lines = [
         f"Human3.6M protocol {conv['protocol']} ({result['kind']}): {result['num_samples']} of "
-        f"{result['num_expected']} samples, boxes {conv['bbox_source']}, roots {conv['root_source']}, "
+        f"{result['num_expected']} samples, {source_label(result)}, "
         f"flip test {conv['flip_test'] if conv['flip_test'] is not None else 'unknown'}",
         f"headline {result['headline']['metric']} = {result['headline']['value']:.2f} mm",
     ]
@@ -234,6 +349,8 @@ def format_table(result: dict) -> str:
         lines.append(f"PARTIAL: {result['missing']['count']} test samples have no prediction")
     if result.get("skipped_images"):
         lines.append(f"SKIPPED: {result['skipped_images']['count']} test images were missing")
+    if protocol_mismatch(result):
+        lines.append(f"PROTOCOL MISMATCH: {protocol_mismatch(result)}")
     if is_random_demo(result):
         lines.append("RANDOM DEMO WEIGHTS: these numbers say nothing about the model")
     frame = per_action_frame(result, subjects=True)
@@ -322,6 +439,9 @@ def write_model_files(result: dict, out_dir: str | os.PathLike, spec=None) -> di
             plt.close(fig)
     if spec is not None:
         paths["paper_comparison_csv"] = write_csv(paper_comparison(result, spec), out_dir / "paper_comparison.csv")
+    reproduction = root_reproduction_frame(result)
+    if reproduction is not None:
+        paths["root_reproduction_csv"] = write_csv(reproduction, out_dir / "root_reproduction.csv")
     return paths
 
 

@@ -5,7 +5,8 @@ same code for the notebooks and for `rescore`.
     python -m helpers rescore --annotations DIR --predictions predictions.npz --out result.json
 
 re-evaluates a saved predictions file (pose or root) without rerunning a model, and writes
-`result.json` and `per_sample_errors.npz` next to it.
+`result.json` and `per_sample_errors.npz` next to it. Every result.json gets its reproduction card
+`REPRODUCE.md` beside it (helpers.reproduce), written by the same call.
 
 Files of one model's output folder (`<output_dir>/<model_id>/`): `RESULT_FILE`, `PREDICTIONS_FILE`,
 `PER_SAMPLE_FILE`, and for root models `BBOX_ROOT_FILE` (what the pose notebooks accept as BBOX_ROOT).
@@ -26,6 +27,7 @@ import numpy as np
 from .atomic import save_npz, write_json
 from .evaluate import PerSample, PredictionError, evaluate_predictions, load_predictions
 from .report import format_table
+from .reproduce import render_card, write_card
 from .h36m import DataError, load_test_set
 from .result_schema import validate_result
 
@@ -91,6 +93,7 @@ def run_blocks(spec, *, checkpoint_info: dict, checkpoint_path, checkpoint_sourc
         "num_params_incl_buffers": spec.num_params_incl_buffers, "gmacs": spec.gmacs,
         "input_shape": list(spec.input_shape), "output_shape": list(spec.output_shape),
         "depth_dim": spec.depth_dim, "paper": dataclasses.asdict(spec.paper),
+        "citation": get_family(spec.family).citation or None,  # cited by the report even without the family file
     }
     weights = {"kind": weights_kind}
     if weights_kind == "random_demo":
@@ -119,9 +122,11 @@ def run_blocks(spec, *, checkpoint_info: dict, checkpoint_path, checkpoint_sourc
 
 def write_result(result_path: str | Path, result: dict, per_sample: PerSample | None = None,
                  timing: dict | None = None) -> dict[str, Path]:
-    """Validate `result` (with `timing` added) once and write it, and the per-sample errors beside it, atomically.
+    """Validate `result` (with `timing` added) once and write it, the per-sample errors and the reproduction card
+    (`REPRODUCE.md`, helpers.reproduce) beside it, atomically.
 
-    Returns {"result": path, "per_sample_errors": path}. Nothing is written when the result is invalid."""
+    Returns {"result": path, "per_sample_errors": path, "reproduce": path}. Nothing is written when the result
+    is invalid."""
     result_path = Path(result_path)
     if timing is not None:
         result["timing"] = {k: (float(v) if isinstance(v, (int, float, np.number)) and not isinstance(v, bool)
@@ -131,9 +136,11 @@ def write_result(result_path: str | Path, result: dict, per_sample: PerSample | 
         sample_path = per_sample_path(result_path)
         result["per_sample_errors"] = {"file": sample_path.name, "metrics": list(per_sample.errors)}
     validate_result(result)
+    card = render_card(result, result_path)  # before anything is written: a card that cannot be made stops here
     if per_sample is not None:
         files["per_sample_errors"] = save_per_sample(sample_path, per_sample)
     files["result"] = write_json(result_path, result)
+    files["reproduce"] = write_card(result, result_path, card)
     return files
 
 
@@ -147,7 +154,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--predictions", required=True,
                    help="predictions.npz: pose (image_id, coords, output_shape, depth_dim) or root (image_id, root_cam)")
     p.add_argument("--bbox-root", default=None,
-                   help="RootNet-format file with detected boxes and roots (default: ground-truth box and root)")
+                   help="RootNet-format file whose boxes and roots the pose predictions used (default: ground-truth "
+                        "box and root); where it comes from is read from its sidecar or recognised by its hash")
+    p.add_argument("--detector-boxes", default=None,
+                   help="root predictions made on a detector's boxes: the detector file (bbox_human36m_output.json) "
+                        "or the bbox_root file whose boxes were used (then its roots are compared with the predictions)")
     p.add_argument("--protocol", type=int, choices=(1, 2), default=2)
     p.add_argument("--aspect-ratio", type=float, default=None,
                    help="the model's input width / height the crop boxes were padded to (default: from the "
@@ -192,7 +203,7 @@ def rescore_main(argv: list[str] | None = None) -> int:
         aspect = args.aspect_ratio if args.aspect_ratio is not None else (aspect or 1.0)
         extent = args.depth_extent_mm if args.depth_extent_mm is not None else extent
         test_set = load_test_set(args.annotations, protocol=args.protocol, bbox_root=args.bbox_root,
-                                 aspect_ratio=aspect)
+                                 detector_boxes=args.detector_boxes, aspect_ratio=aspect)
         result, per_sample = evaluate_predictions(test_set, pred, allow_partial=args.allow_partial,
                                                   depth_extent_mm=extent, protocol_note=note)
         print(format_table(result))

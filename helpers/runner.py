@@ -15,7 +15,8 @@ the demo dataset and random-initialised checkpoints once into the cache folder a
 
 Outputs go to `<output_dir>/<model_id>/`: `result.json` (helpers/README.md schema), `predictions.npz`,
 per-action/per-joint CSV and PNG, the paper comparison, qualitative samples, and for RootNet a RootNet-format
-`bbox_root_human36m_output.json` that the other notebooks accept as BBOX_ROOT.
+`bbox_root_human36m_output.json` that the other notebooks accept as BBOX_ROOT, with its sidecar
+`bbox_root_human36m_output.sources.json` saying which boxes it used and which run made its roots.
 """
 from __future__ import annotations
 
@@ -121,9 +122,14 @@ class RunParams:
     data_root: str | None = _param(None, "folder holding the Human3.6M annotations and images; None: search the "
                                          "input roots")
     protocol: int = _param(2, "2: train S1,5,6,7,8 / test S9,S11, MPJPE; 1: test S11, PA-MPJPE (rigid)")
-    use_gt_info: bool = _param(True, "ground-truth box and root depth (the published setting); False: use BBOX_ROOT")
+    use_gt_info: bool = _param(True, "ground-truth box and root depth (the published setting); False: use BBOX_ROOT "
+                                     "(RootNet: DETECTOR_BOXES)")
     bbox_root: str | None = _param(None, "RootNet-format bbox_root file (rootnet.ipynb writes one), used when "
                                          "USE_GT_INFO is False")
+    detector_boxes: str | None = _param(None, "RootNet, when USE_GT_INFO is False: its boxes, from a person "
+                                              "detector's file in the official format (bbox_human36m_output.json) "
+                                              "or from a bbox_root file (its boxes; its roots are compared with "
+                                              "RootNet's)")
     flip_test: bool = _param(True, "average with the horizontally flipped crop{flip_note}")
     batch_size: int | None = _param(None, "None: the model's default")
     precision: str = _param("fp32", "\"fp32\": the official setting; \"fp16\"/\"bf16\": faster, checked against "
@@ -177,15 +183,35 @@ class RunParams:
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"DEVICE must be \"auto\", \"cpu\" or \"cuda\", got {self.device!r} "
                               "(WORLD_SIZE chooses how many GPUs)")
-        for name in ("checkpoint", "data_root", "bbox_root", "output_dir", "cache_dir"):
+        for name in ("checkpoint", "data_root", "bbox_root", "detector_boxes", "output_dir", "cache_dir"):
             setattr(self, name, _optional_path(getattr(self, name)))
         if self.use_gt_info and self.bbox_root is not None:
             raise ConfigError(f"BBOX_ROOT is set ({self.bbox_root}) but USE_GT_INFO is True, which uses the "
-                              "ground-truth box and root; set USE_GT_INFO = False to use the detected boxes "
-                              "and roots of BBOX_ROOT, or BBOX_ROOT = None")
+                              "ground-truth box and root; set USE_GT_INFO = False to use the boxes and roots of "
+                              "BBOX_ROOT, or BBOX_ROOT = None")
+        if self.use_gt_info and self.detector_boxes is not None:
+            raise ConfigError(f"DETECTOR_BOXES is set ({self.detector_boxes}) but USE_GT_INFO is True, which uses the "
+                              "ground-truth box; set USE_GT_INFO = False to run on the detector's boxes, or "
+                              "DETECTOR_BOXES = None")
+        self._check_box_parameters()
         if self.demo is True and (self.data_root or self.checkpoint):
             raise ConfigError("DEMO = True uses the generated demo data and random demo weights, but DATA_ROOT or "
                               "CHECKPOINT is set; set DEMO = \"auto\" (or False) to use them")
+
+    def _check_box_parameters(self) -> None:
+        """A root model predicts the root, so it takes boxes only (DETECTOR_BOXES); a pose model needs a root depth
+        with every box, so it takes both from BBOX_ROOT."""
+        from .models.registry import get_spec
+
+        root_model = get_spec(self.model_id).kind == "root"
+        if root_model and self.bbox_root is not None:
+            raise ConfigError(f"{self.model_id} predicts the root itself, so BBOX_ROOT's roots would not be used; give "
+                              "its boxes with DETECTOR_BOXES (a detector's bbox_human36m_output.json, or a bbox_root "
+                              f"file whose boxes are then used): DETECTOR_BOXES = {self.bbox_root!r}")
+        if not root_model and self.detector_boxes is not None:
+            raise ConfigError(f"DETECTOR_BOXES gives boxes without roots, for RootNet; {self.model_id} needs a root "
+                              "depth with every box: run rootnet.ipynb with DETECTOR_BOXES and give its "
+                              "bbox_root file as BBOX_ROOT")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -201,8 +227,8 @@ def ensure_demo_data(cache_dir: Path, seed: int = 0, frames: int = DEMO_FRAMES) 
     from . import demo_data
 
     target = demo_root(cache_dir) / f"data_seed{seed}_frames{frames}"
-    if (target / DEMO_DATA_MARKER).is_file():
-        return target
+    if (target / DEMO_DATA_MARKER).is_file() and (target / demo_data.DETECTOR_FILE).is_file():
+        return target  # (a demo set written before it had a detector file is written again)
     print(f"generating the demo dataset (seed {seed}, {frames} frame(s) per sequence) into {target} ...")
     demo_data.generate(target, seed=seed, frames=frames, show_progress=False)
     return target
@@ -234,6 +260,15 @@ def _display(obj) -> None:
         print(obj)
     else:
         display(obj)
+
+
+def _source_text(block: dict) -> str:
+    """One line for a `sources` entry: its label, then the file and origin it came from."""
+    details = [block.get(key) for key in ("file", "from", "detail", "format") if block.get(key)]
+    if block.get("source") == "rootnet_run":
+        details.append(f"RootNet result {block.get('result_id')}, checkpoint sha256 "
+                       f"{str(block.get('checkpoint_sha256'))[:12]}..., {block.get('weights')} weights")
+    return block["label"] + (f" ({'; '.join(str(d) for d in details)})" if details else "")
 
 
 def _spread(indices: np.ndarray, limit: int | None) -> np.ndarray:
@@ -309,15 +344,19 @@ class Run:
             ("image roots", ", ".join(str(p) for p in self.image_check.image_roots)),
             ("protocol", f"{ts.protocol} (subjects {', '.join(f'S{s}' for s in ts.subjects)})"),
             ("test samples", len(ts)),
-            ("box and root", ts.bbox_source + (f" ({ts.bbox_root_file})" if ts.bbox_root_file else "")),
+            ("boxes", _source_text(ts.sources["boxes"])),
+            ("roots", "predicted by the model" if self.is_root_model else _source_text(ts.sources["roots"])),
             ("missing images", self.image_check.num_missing),
             ("samples run", len(self.selected)),
         ]
         if self.params.image_limit is not None:
             rows.append(("image limit", f"{self.params.image_limit} (spread evenly over the test set"
                                         + ("; a PARTIAL result)" if self.partial else ")")))
+        check = ts.sources.get("protocol_check")
+        if check:
+            rows.append(("protocol check", f"{check['status']}: {check['message']}"))
         if ts.dropped_empty_boxes:
-            rows.append(("dropped (empty GT box)", len(ts.dropped_empty_boxes)))
+            rows.append(("dropped (empty box)", len(ts.dropped_empty_boxes)))
         for note in self.notes:
             rows.append(("note", note))
         frame = pd.DataFrame(rows, columns=["item", "value"]).set_index("item")
@@ -369,11 +408,10 @@ class Run:
 
     def crop_rule(self) -> dict:
         """The descriptive part of the crop-cache key: where the boxes come from and how they are shaped."""
+        boxes = self.test_set.sources["boxes"]
         return {"protocol": self.params.protocol, "bbox_source": self.test_set.bbox_source,
-                "bbox_root_file": str(self.test_set.bbox_root_file) if self.test_set.bbox_root_file else None,
-                "aspect_ratio": round(float(self.spec.aspect_ratio), 9),
-                "box_rule": ("process_bbox: clip, pad to the aspect ratio, x1.25" if self.test_set.bbox_source ==
-                             "ground_truth" else "the bbox_root file's processed boxes, as they are")}
+                "box_file": boxes.get("file"), "aspect_ratio": round(float(self.spec.aspect_ratio), 9),
+                "box_rule": boxes.get("rule")}
 
     def ensure_model(self) -> None:
         """Load this run's checkpoint strictly if it is not loaded yet (a sweep loads its snapshots in turn)."""
@@ -416,10 +454,49 @@ class Run:
     def _extra_blocks(self) -> dict:
         from .results import run_blocks
 
-        return run_blocks(self.spec, checkpoint_info=self.checkpoint_info, checkpoint_path=self.checkpoint_path,
-                          checkpoint_source=self.checkpoint_source, weights_kind=self.weights_kind, demo=self.demo,
-                          inference=self.inference, params=self.params,
-                          environment=self.environment_info or env.environment_report(), snapshot=self.snapshot)
+        blocks = run_blocks(self.spec, checkpoint_info=self.checkpoint_info, checkpoint_path=self.checkpoint_path,
+                            checkpoint_source=self.checkpoint_source, weights_kind=self.weights_kind, demo=self.demo,
+                            inference=self.inference, params=self.params,
+                            environment=self.environment_info or env.environment_report(), snapshot=self.snapshot)
+        blocks["parameters"] = self.repeat_parameters()
+        return blocks
+
+    def repeat_parameters(self) -> dict:
+        """result.json's `parameters` block: the notebook and the parameters that repeat this run exactly
+        (helpers.reproduce writes them as a papermill command). Every RunParams field, with what this run
+        resolved where the default depends on the machine or its inputs: device, batch size and number of GPUs
+        as run, the data root and checkpoint file found, the box files, output and cache folders (absolute: the
+        command may run from another folder than the batch's notebooks/), the demo mode. A
+        parameter left None whose default is None is omitted (the parameters cell has None)."""
+        from .reproduce import family_notebook
+
+        p = self.params
+        settings = (self.inference or {}).get("settings") or {}
+        output_root = _output_root(p)
+        if self.demo:
+            checkpoint = None  # made again from SEED under CACHE_DIR
+        elif self.snapshot is not None:
+            checkpoint = str(Path(self.snapshot["pattern"]).expanduser().absolute())  # the whole sweep
+        else:
+            checkpoint = str(Path(self.checkpoint_path).resolve())
+        resolved = {
+            "model": self.spec.family, "variant": self.spec.variant,
+            "model_file": str(Path(p.model_file).expanduser().resolve()) if p.model_file else None,
+            "checkpoint": checkpoint, "data_root": None if self.demo else str(Path(self.data_root).resolve()),
+            "bbox_root": str(Path(p.bbox_root).expanduser().resolve()) if p.bbox_root else None,
+            "detector_boxes": str(Path(p.detector_boxes).expanduser().resolve()) if p.detector_boxes else None,
+            "batch_size": settings.get("batch_size", p.batch_size), "device": settings.get("device", p.device),
+            "world_size": settings.get("world_size", p.world_size), "output_dir": str(output_root.resolve()),
+            "demo": bool(self.demo),
+            "cache_dir": str(Path(self.cache_dir).resolve()) if self.cache_dir is not None else p.cache_dir,
+        }
+        values = {}
+        for f in dataclasses.fields(RunParams):
+            value = resolved[f.name] if f.name in resolved else getattr(p, f.name)
+            if value is None and f.default is None:
+                continue
+            values[f.name.upper()] = value
+        return {"notebook": family_notebook(self.spec.family, output_root), "values": values}
 
     def evaluate(self) -> pd.DataFrame:
         """Evaluate the predictions against the ground truth; returns the per-action table (mm)."""
@@ -470,17 +547,47 @@ class Run:
         return self.files["result"]
 
     def _write_bbox_root(self) -> Path:
+        """The RootNet-format file (the released structure) with the boxes this run cropped and its roots, and its
+        sidecar: which boxes (ground truth or a detector's, and from which file) and which run made the roots."""
+        from . import box_sources
         from .engine import write_bbox_root_file
+        from .h36m import load_bbox_root
 
         path = self.output_dir / BBOX_ROOT_FILE
         pred = self.inference["predictions"]
-        written = write_bbox_root_file(path, pred["image_id"], pred["bbox"], pred["root_cam"])
+        written = Path(write_bbox_root_file(path, pred["image_id"], pred["bbox"], pred["root_cam"]))
+        table = load_bbox_root(written)
+        result_file = self.files["result"]
+        boxes = {k: v for k, v in self.test_set.sources["boxes"].items() if k not in ("label", "rule")}
+        roots = {"source": "rootnet_run", "result_id": box_sources.bytes_sha256(Path(result_file).read_bytes())[:16], "result_file": str(result_file),
+                 "created_utc": self.result["created_utc"], "model_id": self.model_id,
+                 "checkpoint_sha256": self.checkpoint_info.get("sha256"), "checkpoint": str(self.checkpoint_path),
+                 "weights": self.weights_kind, "protocol": self.params.protocol,
+                 "precision": self.inference["settings"]["precision"], "samples": len(table),
+                 "test_samples": len(self.test_set)}
+        box_sources.write_sidecar(written, content_hash=box_sources.content_sha256(table.image_id, table.bbox,
+                                                                                   table.root_cam),
+                                  entries=len(table), boxes=boxes, roots=roots, protocol=self.params.protocol)
+        self.files["bbox_root_sources"] = box_sources.sidecar_path(written)
+        label = box_sources.sources_label(boxes["source"], "rootnet_run")
         if len(self.selected) < len(self.test_set):
             print(f"note: {path} covers {len(self.selected)} of {len(self.test_set)} test images; other notebooks "
                   "accept it as BBOX_ROOT only when it covers the whole test set (run RootNet without IMAGE_LIMIT)")
         else:
-            print(f"bbox_root for the other notebooks (USE_GT_INFO = False, BBOX_ROOT = this path): {path}")
-        return Path(written)
+            print(f"bbox_root for the other notebooks (USE_GT_INFO = False, BBOX_ROOT = this path): {path}\n"
+                  f"runs on it are labelled \"{label}\"")
+        return written
+
+    def root_reproduction(self) -> pd.DataFrame | None:
+        """RootNet on a bbox_root file's boxes: its roots against the file's roots, sample by sample (mm). On the
+        released file's boxes this is the reproduction check of RootNet itself."""
+        from . import report
+
+        table = report.root_reproduction_frame(self._need_result())
+        if table is None:
+            print("no reproduction check: the boxes did not come from a bbox_root file (set USE_GT_INFO = False and "
+                  "DETECTOR_BOXES to the released RootNet output to compare with the released roots)")
+        return table
 
     def paper_comparison(self) -> pd.DataFrame:
         from . import report
@@ -577,6 +684,9 @@ class Run:
             _display(step())
         self.save()
         _display(self.paper_comparison())
+        reproduction = self.root_reproduction() if self.is_root_model else None
+        if reproduction is not None:
+            _display(reproduction)
         self.plots()
         self.qualitative_samples()
         _display(self.files_table())
@@ -592,13 +702,15 @@ def environment_table() -> pd.DataFrame:
 
 
 # ----------------------------------------------------------------------------------------------- prepare
-def _resolve_data(params: RunParams, cache_dir: Path, demo: bool) -> tuple[Path, Path, str | None]:
-    """(data root, annotation folder, default bbox_root file of the data) for this run."""
+def _resolve_data(params: RunParams, cache_dir: Path, demo: bool) -> tuple[Path, Path, dict[str, str]]:
+    """(data root, annotation folder, the data's own files: {"bbox_root", "detector_boxes"}) for this run."""
+    from .demo_data import DETECTOR_FILE
     from .h36m import find_annotation_dir
 
     if demo:
         root = ensure_demo_data(cache_dir, seed=params.seed)
-        return root, find_annotation_dir(root), str(root / BBOX_ROOT_FILE)
+        return root, find_annotation_dir(root), {"bbox_root": str(root / BBOX_ROOT_FILE),
+                                                 "detector_boxes": str(root / DETECTOR_FILE)}
     if params.data_root is not None:
         root = Path(params.data_root).expanduser()
         if not root.is_dir():
@@ -606,7 +718,7 @@ def _resolve_data(params: RunParams, cache_dir: Path, demo: bool) -> tuple[Path,
                             "holding the Human3.6M annotations and images (or a folder above them), or None to "
                             "search the input roots")
         try:
-            return root, find_annotation_dir(root), None
+            return root, find_annotation_dir(root), {}
         except DataError as exc:
             raise DataError(f"DATA_ROOT {root}: {exc}") from None
     roots = env.default_input_roots()
@@ -615,7 +727,32 @@ def _resolve_data(params: RunParams, cache_dir: Path, demo: bool) -> tuple[Path,
         searched = ", ".join(str(r) for r in roots) or "none exists (no /kaggle/input, no <repo>/data)"
         raise DataError(f"no Human3.6M annotations (Human36M_subject*_data.json) under the input roots: {searched}; "
                         "set DATA_ROOT, attach the dataset, or set DEMO = \"auto\"/True to run the demo")
-    return found[0], found[1], None
+    return found[0], found[1], {}
+
+
+def _box_files(params: RunParams, spec, data_files: dict[str, str]) -> dict:
+    """load_test_set's box arguments: {} (ground truth), {"bbox_root": ...} (pose) or {"detector_boxes": ...} (root)."""
+    if params.use_gt_info:
+        return {}
+    if spec.kind == "root":
+        path = params.detector_boxes or data_files.get("detector_boxes")
+        if path is None:
+            raise ConfigError(f"USE_GT_INFO = False for {spec.model_id} needs DETECTOR_BOXES: a person detector's "
+                              "boxes in the official format (bbox_human36m_output.json: image_id and an unprocessed "
+                              "bbox per image), or a bbox_root file whose boxes are used (e.g. the released RootNet "
+                              "output)")
+        if not Path(path).is_file():
+            raise DataError(f"DETECTOR_BOXES {path} does not exist; point it at the detector's "
+                            "bbox_human36m_output.json or at a bbox_root file")
+        return {"detector_boxes": path}
+    path = params.bbox_root or data_files.get("bbox_root")
+    if path is None:
+        raise ConfigError("USE_GT_INFO = False needs BBOX_ROOT: a RootNet-format bbox_root file (rootnet.ipynb "
+                          "writes one) with a box and root for every test image")
+    if not Path(path).is_file():
+        raise DataError(f"BBOX_ROOT {path} does not exist; run rootnet.ipynb first (it writes "
+                        f"<OUTPUT_DIR>/rootnet/{BBOX_ROOT_FILE}) or point BBOX_ROOT at a RootNet output file")
+    return {"bbox_root": path}
 
 
 def _registry_file_names(spec) -> set[str]:
@@ -689,6 +826,11 @@ def _resolve_checkpoint(params: RunParams, spec, cache_dir: Path, demo: bool, da
     return path, source, _weights_kind(params.checkpoint, path, spec), protocol
 
 
+def _output_root(params: RunParams) -> Path:
+    """OUTPUT_DIR, or the environment's default output folder; each model writes into `<it>/<model_id>/`."""
+    return Path(params.output_dir).expanduser() if params.output_dir else env.default_output_dir()
+
+
 def prepare(params: RunParams):
     """Check everything a run needs, before any inference; raise a clear error on the first problem.
 
@@ -711,22 +853,19 @@ def prepare(params: RunParams):
             notes.append("no real data under the input roots: DEMO mode (generated data, random demo weights)")
     else:
         demo = params.demo is True
-    data_root, annotation_dir, demo_bbox_root = _resolve_data(params, cache_dir, demo)
+    data_root, annotation_dir, data_files = _resolve_data(params, cache_dir, demo)
 
-    bbox_root = None
-    if not params.use_gt_info:
-        bbox_root = params.bbox_root or demo_bbox_root
-        if bbox_root is None:
-            raise ConfigError("USE_GT_INFO = False needs BBOX_ROOT: a RootNet-format bbox_root file (rootnet.ipynb "
-                              "writes one) with a box and root for every test image")
-        if not Path(bbox_root).is_file():
-            raise DataError(f"BBOX_ROOT {bbox_root} does not exist; run rootnet.ipynb first (it writes "
-                            f"<OUTPUT_DIR>/rootnet/{BBOX_ROOT_FILE}) or point BBOX_ROOT at a RootNet output file")
     # Boxes padded to the model's input aspect ratio (3:4 for a 384x288 input), so crops are not distorted.
-    test_set = load_test_set(annotation_dir, protocol=params.protocol, bbox_root=bbox_root,
-                             aspect_ratio=spec.aspect_ratio)
+    test_set = load_test_set(annotation_dir, protocol=params.protocol, aspect_ratio=spec.aspect_ratio,
+                             **_box_files(params, spec, data_files))
     if spec.protocol_note:
         notes.append(spec.protocol_note)
+    check = test_set.sources.get("protocol_check") or {}
+    if check.get("status") == "mismatch" or (check.get("status") == "unknown" and check.get("extra_entries")):
+        notes.append(f"WARNING, box/root file: {check['message']}")
+    for key in ("bbox_root_file", "detector_file"):
+        if (test_set.sources.get(key) or {}).get("note"):
+            notes.append(f"{key.replace('_', ' ')}: {test_set.sources[key]['note']}")
 
     if params.image_limit is None:
         image_check = check_images(test_set, [data_root], skip_missing=params.skip_missing_images)
@@ -749,8 +888,7 @@ def prepare(params: RunParams):
     if info.get("is_random_demo") and weights_kind != "random_demo":
         notes.append(f"{checkpoint_path} is a random-initialised demo checkpoint: RANDOM DEMO WEIGHTS")
         weights_kind = "random_demo"
-    output_root = Path(params.output_dir).expanduser() if params.output_dir else env.default_output_dir()
-    output_dir = output_root / spec.model_id
+    output_dir = _output_root(params) / spec.model_id
     run = Run(params=params, spec=spec, demo=demo, data_root=data_root, annotation_dir=annotation_dir,
               test_set=test_set, image_check=image_check, selected=np.asarray(selected), image_paths=image_paths,
               checkpoint_path=checkpoint_path, checkpoint_source=source, weights_kind=weights_kind, model=model,

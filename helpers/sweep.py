@@ -199,7 +199,7 @@ def prepare_sweep(params, snapshots: list[Path]):
             inference=None, result=None, per_sample=None)
         run.output_dir = base_dir / "snapshots" / _stem(path)
         run.snapshot = {"run": f"{first.model_id}: {params.checkpoint}", "epoch": _epoch_from_name(path),
-                        "file": str(path)}
+                        "file": str(path), "pattern": str(params.checkpoint)}
         if run.model is not None:  # the first snapshot, loaded by prepare
             run.note_stored_epoch()
         runs.append(run)

@@ -96,14 +96,15 @@ def test_consolidate_leaderboard_and_files(results_dir, consolidated):
 def test_report_markdown_states_conventions_and_warnings(consolidated):
     text = consolidated.files["report"].read_text()
     for expected in ("frame_idx % 64 == 0", "test subjects S9, S11", "17 evaluated", "root joint Pelvis",
-                     "**Alignment:**", "similarity", "**Averaging:**", "action_mean", "box ground truth",
+                     "**Alignment:**", "similarity", "**Averaging:**", "action_mean",
+                     "**Boxes and roots:** ground-truth boxes, ground-truth roots",
                      "**Flip test:** on", DEMO_MARKER.upper(), "`posenet`", "## Problems found", "garbled",
                      "![", "headline_bars.png", "per_action_heatmap.png", "accuracy_vs_cost.png",
                      "| ConvNeXtPose L | convnextpose_L | 50.10 |"):
         assert expected in text, expected
     # pose and root are separate tables under separate headings
-    assert "### Protocol 2 MPJPE, ground truth box/root" in text
-    assert "### Protocol 2 MRPE, ground truth box\n" in text
+    assert "### Protocol 2 MPJPE, ground-truth boxes, ground-truth roots" in text
+    assert "### Protocol 2 MRPE, ground-truth boxes\n" in text
 
 
 def test_mixed_protocols_and_flip_settings_are_grouped_and_flagged(tmp_path):
@@ -115,7 +116,7 @@ def test_mixed_protocols_and_flip_settings_are_grouped_and_flagged(tmp_path):
     out = cons.consolidate(root, tmp_path / "elsewhere")
     assert out.files["report"].parent == tmp_path / "elsewhere"
     assert len(out.groups) == 3
-    assert out.groups[0].startswith("Protocol 2 MPJPE, ground truth")
+    assert out.groups[0].startswith("Protocol 2 MPJPE, ground-truth boxes, ground-truth roots")
     p1 = out.leaderboard.set_index("result").loc["cnp_p1"]
     assert p1["metric"] == "PA-MPJPE rigid fit18" and p1["paper (mm)"] == 34.5
     assert p1[cons.HEADLINE_COLUMN] == pytest.approx(50.0 * 0.68)
@@ -183,3 +184,59 @@ def test_each_row_shows_its_precision_and_reduced_precision_is_marked_unofficial
     text = out.files["report"].read_text()
     assert "**Reduced precision:** `cnp_fp16`, `posenet_amp` ran in fp16/bf16" in text
     assert "fp16 (not official; ≤0.43 mm vs fp32)" in text
+
+
+def _put_with_samples(root, name, result, errors) -> None:
+    """A result with its per-sample errors file (the recordings of 12 samples: 3 actions x 2 subactions x 2)."""
+    import numpy as np
+
+    _put(root, name, {**result, "per_sample_errors": {"file": "per_sample_errors.npz", "metrics": ["mpjpe"]}})
+    n = len(errors)
+    np.savez(root / name / "per_sample_errors.npz", image_id=np.arange(n, dtype=np.int64), subject=np.full(n, 9),
+             action_index=np.arange(n) % 3, subaction=np.arange(n) // 3 % 2 + 1, camera=np.ones(n, int),
+             metrics=np.array(["mpjpe"]), error_mpjpe=np.asarray(errors, float))
+
+
+def test_boxes_and_roots_each_split_groups_and_pairwise_comparisons(tmp_path):
+    root = tmp_path / "res"
+    run_roots = {"roots": {"source": "rootnet_run", "result_id": "0123456789abcdef", "checkpoint_sha256": "cd" * 32,
+                           "weights": "released"}}
+    settings = {  # name: (model, boxes, roots, sources)
+        "cnp_gt": ("convnextpose_M", "ground_truth", "ground_truth", None),
+        "posenet_gt": ("posenet", "ground_truth", "ground_truth", None),
+        "posenet_gt_boxes_rootnet": ("posenet", "ground_truth", "rootnet_run", run_roots),
+        "posenet_released": ("posenet", "detector", "rootnet_released", None),
+        "cnp_released": ("convnextpose_M", "detector", "rootnet_released", None),
+        "posenet_detector_rootnet": ("posenet", "detector", "rootnet_run", run_roots),
+    }
+    for i, (name, (model, boxes, roots, sources)) in enumerate(settings.items()):
+        _put_with_samples(root, name, make_result(model_id=model, base=50.0 + i, boxes=boxes, roots=roots,
+                                                  sources=sources), [50.0 + i + k % 4 for k in range(12)])
+    legacy = make_result(model_id="posenet", base=54.0, boxes="detected", roots="detected")
+    _put(root, "posenet_legacy", legacy)
+    out = cons.consolidate(root)
+    board = out.leaderboard.set_index("result")
+    assert board.loc["posenet_gt_boxes_rootnet", "group"] == (
+        "Protocol 2 MPJPE, ground-truth boxes, RootNet roots (this run)")
+    assert board.loc["posenet_detector_rootnet", "group"] == "Protocol 2 MPJPE, detector boxes, RootNet roots (this run)"
+    assert board.loc["posenet_released", "group"] == "Protocol 2 MPJPE, detector boxes, released RootNet roots"
+    assert len(out.groups) == 5  # GT/GT, GT/RootNet run, detector/released, detector/RootNet run, legacy
+    # a published number only like for like
+    assert board.loc["posenet_gt", "paper (mm)"] == 53.3
+    assert board.loc["posenet_released", "paper (mm)"] == 54.4
+    assert board.loc["posenet_detector_rootnet", "paper (mm)"] == 54.4  # our RootNet run, released weights
+    assert pd.isna(board.loc["posenet_gt_boxes_rootnet", "paper (mm)"])
+    assert board.loc["posenet_gt_boxes_rootnet", "grade"] == (
+        "n/a: no published number for ground-truth boxes with RootNet roots")
+    assert pd.isna(board.loc["posenet_legacy", "paper (mm)"])
+    assert "RootNet result 0123456789abcdef" in board.loc["posenet_gt_boxes_rootnet", "box/root origin"]
+    assert any("`posenet_legacy` was written before box and root sources" in p for p in out.problems)
+    # paired comparisons only inside a group: the two GT/GT runs, the two released-file runs
+    assert sorted(out.pairwise["group"]) == ["Protocol 2 MPJPE, detector boxes, released RootNet roots",
+                                             "Protocol 2 MPJPE, ground-truth boxes, ground-truth roots"]
+    assert all({a.split(" ")[0], b.split(" ")[0]} == {"ConvNeXtPose", "PoseNet"}
+               for a, b in zip(out.pairwise["model_a"], out.pairwise["model_b"]))
+    text = out.files["report"].read_text()
+    assert "**Boxes and roots:** ground-truth boxes, RootNet roots (this run) (`bbox_source` ground_truth, " \
+           "`root_source` rootnet_run); roots of RootNet result 0123456789abcdef" in text
+    assert "### Protocol 2 MPJPE, detector boxes, RootNet roots (this run)" in text

@@ -212,6 +212,35 @@ def test_bbox_root_covers_every_sampled_image(demo):
     assert 10 < np.mean(root_errors) < 150 and max(root_errors) < 400
 
 
+def test_detector_file_is_the_official_format_and_the_bbox_root_file_processes_it(demo):
+    from helpers import box_sources, geometry, h36m
+
+    detections = json.loads(demo.detector_file.read_text())
+    bbox_root = {e["image_id"]: e for e in json.loads(demo.bbox_root_file.read_text())}
+    assert demo.detector_file == demo.root / "bbox_human36m_output.json"
+    assert [d["image_id"] for d in detections] == sorted(bbox_root)  # one box per test image
+    images, gt_boxes = {}, {}
+    for s in SUBJECTS:
+        data = _load(demo.root, s, "data")
+        images.update({im["id"]: im for im in data["images"]})
+        gt_boxes.update({a["image_id"]: a["bbox"] for a in data["annotations"]})
+    for d in detections:
+        assert set(d) == {"image_id", "category_id", "bbox", "score"}  # as the official detector file
+        x, y, w, h = d["bbox"]
+        gx, gy, gw, gh = gt_boxes[d["image_id"]]
+        assert abs(np.log(w / gw)) < 0.3 and abs(np.log(h / gh)) < 0.3, "unprocessed: about the annotation box"
+        assert abs(x + w / 2 - gx - gw / 2) < 0.2 * gw and abs(y + h / 2 - gy - gh / 2) < 0.2 * gh
+        im = images[d["image_id"]]
+        # like the released RootNet file: its box is process_bbox(detector box), exactly
+        assert bbox_root[d["image_id"]]["bbox"] == geometry.process_bbox(d["bbox"], im["width"], im["height"]).tolist()
+    assert any(d["bbox"] != gt_boxes[d["image_id"]] for d in detections)  # jittered
+    # the sidecar says so, and the loader reads it
+    description = h36m.load_bbox_root(demo.bbox_root_file).describe()
+    assert description["origin"] == "sidecar" and description["protocol"] is None
+    assert (description["boxes"]["source"], description["roots"]["source"]) == ("detector", "generated")
+    assert description["boxes"]["file_sha256"] == box_sources.bytes_sha256(demo.detector_file.read_bytes())
+
+
 def test_same_seed_same_bytes_other_seed_differs_and_reruns_are_clean(tmp_path):
     first = tmp_path / "a"
     demo_data.generate(first, seed=3, frames=1, subjects=(11,), show_progress=False)

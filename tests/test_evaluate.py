@@ -65,7 +65,7 @@ def test_golden_parity_api(golden_eval_dir, expected, per_sample, test_sets, pre
     result, detail = ev.evaluate(test_sets[setting], golden_eval_dir / pred_file, return_per_sample=True)
     validate_result(result)
     _assert_matches_expected(result, block, tol["aggregates"])
-    assert result["conventions"]["bbox_source"] == ("ground_truth" if setting == "gt_info_true" else "detected")
+    assert result["conventions"]["bbox_source"] == ("ground_truth" if setting == "gt_info_true" else "unknown")
     assert result["predictions"]["output_shape"] == expected["results"][pred_file]["output_shape"]
 
     key = f"{pred_file[:-4]}__{setting}"

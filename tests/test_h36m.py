@@ -48,7 +48,9 @@ def test_load_test_set_matches_upstream_sampling_and_ground_truth(golden_test_se
 def test_load_test_set_with_detected_boxes(golden_eval_dir, golden_test_set):
     ps = np.load(golden_eval_dir / "expected_per_sample.npz")
     ts = h36m.load_test_set(golden_eval_dir / "annotations", bbox_root=golden_eval_dir / "bbox_root_human36m_output.json")
-    assert ts.bbox_source == "detected"
+    # neither a released file nor one with a sidecar: its boxes and roots are of unknown origin
+    assert (ts.bbox_source, ts.root_source) == ("unknown", "unknown")
+    assert ts.sources["bbox_root_file"]["origin"] == "unknown" and ts.sources["protocol_check"]["status"] == "unknown"
     np.testing.assert_allclose(ts.bbox, ps["gt_info_false__bbox"])
     np.testing.assert_allclose(ts.root_cam, ps["gt_info_false__root_cam"])
     np.testing.assert_array_equal(ts.gt_root_cam, golden_test_set.gt_root_cam)

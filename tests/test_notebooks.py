@@ -24,7 +24,7 @@ MODEL_NOTEBOOKS = {  # notebook -> (variant run in the test, model id it writes)
     "posenet.ipynb": ("R50", "posenet"),
 }
 ALL_NOTEBOOKS = [*MODEL_NOTEBOOKS, "consolidate.ipynb"]
-MODEL_PARAMETERS = ("MODEL", "VARIANT", "CHECKPOINT", "DATA_ROOT", "PROTOCOL", "USE_GT_INFO", "BBOX_ROOT",
+MODEL_PARAMETERS = ("MODEL", "VARIANT", "CHECKPOINT", "DATA_ROOT", "PROTOCOL", "USE_GT_INFO", "BBOX_ROOT", "DETECTOR_BOXES",
                     "FLIP_TEST", "BATCH_SIZE", "PRECISION", "DECODE", "DEVICE", "WORLD_SIZE", "IMAGE_LIMIT", "OUTPUT_DIR", "DEMO",
                     "SKIP_MISSING_IMAGES", "SEED")
 PREPARE_CELL = 6  # index of `runner.prepare(...)` in the model notebooks, before papermill injects its cell
@@ -40,6 +40,19 @@ def _parameters_cells(nb) -> list:
 
 
 # ------------------------------------------------------------------------------------------------ static
+@pytest.mark.parametrize("name", MODEL_NOTEBOOKS)
+def test_papermill_reads_every_parameter_with_its_help(name):
+    """papermill's own parser (`papermill --help-notebook`) understands each line of the parameters cell (a comment
+    holding "=" defeats it)."""
+    import dataclasses
+
+    from papermill.translators import PythonTranslator
+
+    parsed = PythonTranslator.inspect(_parameters_cells(_read(name))[0])
+    assert [p.name for p in parsed] == [f.name.upper() for f in dataclasses.fields(runner.RunParams)]
+    assert all(p.help for p in parsed)
+
+
 @pytest.mark.parametrize("name", ALL_NOTEBOOKS)
 def test_notebook_is_clean_valid_nbformat_with_one_parameters_cell(name):
     nb = _read(name)
@@ -146,6 +159,7 @@ def test_model_notebook_runs_headless_and_writes_a_valid_result(executed, name):
     assert result["weights"]["kind"] == "random_demo"
     assert result["num_samples"] == IMAGE_LIMIT and result["partial"] is True
     assert (executed / model_id / "predictions.npz").is_file()
+    assert (executed / model_id / "REPRODUCE.md").is_file()
     assert (executed / model_id / "qualitative_samples.png").is_file()
     if model_id == "rootnet":
         assert (executed / "rootnet" / "bbox_root_human36m_output.json").is_file()
@@ -165,6 +179,33 @@ def test_consolidate_notebook_writes_the_report(executed):
     leaderboard = (report / "leaderboard.csv").read_text()
     for _, model_id in MODEL_NOTEBOOKS.values():
         assert model_id in leaderboard
+    assert (report / "tables" / "tables.tex").is_file() and (report / "references.bib").is_file()
+    assert "## Per-action tables for papers" in text
+
+
+def test_reproduce_card_command_run_as_printed_repeats_the_predictions(executed, kernel_env):
+    """REPRODUCE.md's papermill command, run as printed from the repository root, computes every prediction again
+    (the finished shards are removed first, so nothing is reused) and writes the same predictions.npz."""
+    import re
+    import shutil
+    import subprocess
+
+    import numpy as np
+
+    folder = executed / "convnextpose_XS"
+    block = re.search(r"```bash\n(.*?)```", (folder / "REPRODUCE.md").read_text(), re.S).group(1)
+    with np.load(folder / "predictions.npz") as npz:
+        before = {key: npz[key] for key in npz.files}
+    shutil.rmtree(folder / "shards")
+    (folder / "predictions.npz").unlink()
+    run = subprocess.run(["bash", "-e", "-c", block], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    with np.load(folder / "predictions.npz") as npz:
+        after = {key: npz[key] for key in npz.files}
+    assert sorted(after) == sorted(before)
+    for key, array in before.items():
+        assert after[key].dtype == array.dtype and after[key].shape == array.shape, key
+        assert after[key].tobytes() == array.tobytes(), key
 
 
 def test_notebook_run_with_checkpoint_naming_an_official_file(tmp_path, demo_cache, kernel_env):

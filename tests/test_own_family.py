@@ -57,6 +57,12 @@ def test_the_readme_example_runs_end_to_end_on_the_demo(family_file):
     assert (out / "runs" / "notebooks" / "tinypose.ipynb").is_file()
     report = (out / "report" / "REPORT.md").read_text()
     assert "TinyPose S" in report and "random" in report.lower()
+    # the README's citation= reaches the tables and references.bib; the card points at the family's notebook
+    assert "@misc{doe2025tinypose," in (out / "report" / "references.bib").read_text()
+    table = out / "report" / "tables" / "protocol2_mpjpe_ground_truth_boxes_ground_truth_roots.tex"
+    assert "\\cite{doe2025tinypose}" in table.read_text()
+    card = (out / "tinypose_s" / "REPRODUCE.md").read_text()
+    assert f"papermill {out.resolve() / 'runs' / 'notebooks' / 'tinypose.ipynb'} " in card
 
 
 def test_a_family_file_registers_once_and_names_its_models(family_file):

@@ -52,6 +52,9 @@ def outputs(tmp_path):
     (root / "report").mkdir()
     (root / "report" / "REPORT.md").write_text("# report\n")
     (root / "report" / "headline_bars.png").write_bytes(PNG_MAGIC + b"bars")
+    (root / "report" / "references.bib").write_text("% references\n")
+    (root / "report" / "tables").mkdir()
+    (root / "report" / "tables" / "tables.tex").write_text("\\documentclass{article}\n")
     _executed_notebook(root / "runs" / "convnextpose.ipynb")
     return root
 
@@ -63,7 +66,7 @@ def test_stage_includes_results_and_excludes_images_and_big_files(outputs, tmp_p
         "results/convnextpose_S/result.json", "results/convnextpose_S/predictions.npz",
         "results/convnextpose_S/per_action.csv", "results/convnextpose_S/per_action.png",
         "results/posenet/result.json", "results/report/REPORT.md", "results/report/headline_bars.png",
-        "results/runs/convnextpose.ipynb",
+        "results/runs/convnextpose.ipynb", "results/report/references.bib", "results/report/tables/tables.tex",
     }
     for relative in staged.included:
         assert (stage_dir / relative).is_file()

@@ -40,13 +40,18 @@ def _pose_metric(base: float, scale: float) -> dict:
 
 
 def make_result(kind: str = "pose", *, model_id: str = "convnextpose_S", base: float = 52.0, protocol: int = 2,
-                detected: bool = False, weights_kind: str = "released", partial: bool = False,
+                detected: bool = False, boxes: str = "ground_truth", roots: str = "ground_truth",
+                sources: dict | None = None, weights_kind: str = "released", partial: bool = False,
                 gmacs: float | None = 1.76, num_params: int | None = 7_438_976, images_per_s: float = 250.0,
                 flip_test: bool = True, precision: str = "fp32", batch_size: int = 64) -> dict:
-    """A schema-conforming result.json dict; `base` is the headline value in mm."""
+    """A schema-conforming result.json dict; `base` is the headline value in mm. `detected`: the papers' detected
+    setting (detector boxes, released RootNet roots); else `boxes` and `roots` name the sources."""
     expected = 8695 if protocol == 2 else 3683
     samples = 500 if partial else expected
-    conv = conventions_for(protocol, detected=detected, flip_test=flip_test).to_dict()
+    if detected:
+        boxes, roots = "detector", "rootnet_released"
+    conv = conventions_for(protocol, bbox_source=boxes, root_source=roots, flip_test=flip_test,
+                           sources=sources).to_dict()
     if kind == "root":  # as helpers.evaluate.evaluate_roots writes it
         conv["root_source"] = "evaluated (model output)"
     if kind == "pose":
@@ -117,7 +122,7 @@ def test_paper_comparison_protocol2_ground_truth():
     assert row["paper (mm)"] == 50.0
     assert row["Δ (mm)"] == pytest.approx(1.5)
     assert row["grade"] == "very good"
-    assert row["setting"] == "Protocol 2, ground truth box/root, flip test"
+    assert row["setting"] == "Protocol 2, ground-truth boxes, ground-truth roots, flip test"
 
 
 def test_paper_comparison_uses_detected_and_protocol1_values():
@@ -162,15 +167,50 @@ def test_paper_comparison_rootnet_detected_boxes_not_graded():
     table = report.paper_comparison(make_result("root", model_id="rootnet", detected=True), get_spec("rootnet"))
     assert table["paper (mm)"].isna().all()
     assert table.loc["MRPE", "grade"] == "n/a: MRPE is published for protocol 2 with ground-truth boxes only"
-    assert "detected box," in table.loc["MRPE", "setting"]
+    assert table.loc["MRPE", "setting"] == "Protocol 2, detector boxes, flip test"
 
 
-def test_paper_comparison_mixed_sources_not_graded():
-    result = make_result(model_id="fake_pose")
-    result["conventions"]["root_source"] = "detected"
-    table = report.paper_comparison(result, FAKE_SPEC)
+@pytest.mark.parametrize("boxes, roots, sources, reason", [
+    # ground-truth boxes with RootNet roots: no paper published it, so no number is borrowed
+    ("ground_truth", "rootnet_run", {"roots": {"source": "rootnet_run", "weights": "released"}},
+     "n/a: no published number for ground-truth boxes with RootNet roots"),
+    ("ground_truth", "rootnet_released", None, "n/a: no published number for ground-truth boxes with RootNet roots"),
+    # our RootNet run with weights that are not the released checkpoint
+    ("detector", "rootnet_run", {"roots": {"source": "rootnet_run", "weights": "unknown"}},
+     "n/a: the roots come from a RootNet run with unknown weights, not the released checkpoint"),
+    ("unknown", "unknown", None, "n/a: no published number for boxes of unknown origin, roots of unknown origin"),
+    ("detector", "generated", None, "n/a: no published number for detector boxes, generated demo roots"),
+    # results written before the two facts were told apart: the file may have held ground-truth boxes
+    ("detected", "detected", None, "n/a: written before box and root sources were recorded separately"),
+])
+def test_paper_comparison_only_like_for_like(boxes, roots, sources, reason):
+    table = report.paper_comparison(make_result(model_id="posenet", boxes=boxes, roots=roots, sources=sources),
+                                    get_spec("posenet"))
     assert np.isnan(table.loc["MPJPE", "paper (mm)"])
-    assert "mixed" in table.loc["MPJPE", "grade"]
+    assert table.loc["MPJPE", "grade"].startswith(reason)
+
+
+def test_paper_comparison_detected_number_for_detector_boxes_and_rootnet_roots():
+    released = make_result(model_id="posenet", base=54.9, detected=True)
+    table = report.paper_comparison(released, get_spec("posenet"))
+    assert table.loc["MPJPE", "paper (mm)"] == 54.4 and table.loc["MPJPE", "grade"] == "excellent"
+    assert table.loc["MPJPE", "setting"] == "Protocol 2, detector boxes, released RootNet roots, flip test"
+    # our own RootNet run with the released checkpoint on detector boxes is the same setting
+    ours = make_result(model_id="posenet", base=55.6, boxes="detector", roots="rootnet_run",
+                       sources={"roots": {"source": "rootnet_run", "weights": "released"}})
+    table = report.paper_comparison(ours, get_spec("posenet"))
+    assert table.loc["MPJPE", "paper (mm)"] == 54.4 and table.loc["MPJPE", "grade"] == "very good"
+    assert "detector boxes, RootNet roots (this run)" in table.loc["MPJPE", "setting"]
+
+
+def test_paper_comparison_refuses_a_bbox_root_file_of_another_protocol():
+    check = {"status": "mismatch", "message": "the bbox_root file's roots were made for protocol 2, this run is "
+                                              "protocol 1: not the official protocol-1 setting"}
+    result = make_result(model_id="posenet", protocol=1, detected=True, sources={"protocol_check": check})
+    table = report.paper_comparison(result, get_spec("posenet"))
+    assert np.isnan(table.loc["PA-MPJPE rigid fit18", "paper (mm)"])
+    assert table.loc["PA-MPJPE rigid fit18", "grade"] == f"n/a: {check['message']}"
+    assert "PROTOCOL MISMATCH" in report.format_table(result)
 
 
 def test_paper_comparison_rejects_wrong_model():
@@ -188,7 +228,8 @@ def test_per_action_frame_pose():
     assert frame.loc["Walking", "MPJPE"] == result["metrics"]["mpjpe"]["per_action"]["Walking"]
     assert frame.loc["total", "PA-MPJPE rigid"] == result["metrics"]["pa_mpjpe_rigid"]["total"]
     assert frame.loc["action mean", "MPJPE"] == result["metrics"]["mpjpe"]["action_mean"]
-    assert frame.columns.name is None  # released weights: no marker
+    # the table says which boxes and roots (and no demo marker: released weights)
+    assert frame.columns.name == "Protocol 2, ground-truth boxes, ground-truth roots, flip test"
 
 
 def test_per_action_frame_root_computes_action_mean():
@@ -212,7 +253,8 @@ def test_per_joint_frame():
 
 def test_demo_marker_on_tables_and_figures():
     demo = make_result(weights_kind="random_demo")
-    assert report.per_action_frame(demo).columns.name == report.DEMO_MARKER
+    assert report.per_action_frame(demo).columns.name == (report.DEMO_MARKER + " | Protocol 2, ground-truth boxes, "
+                                                          "ground-truth roots, flip test")
     assert report.DEMO_MARKER in report.per_joint_frame(demo).to_string()
     for plot in (report.plot_per_action, report.plot_per_joint):
         fig = plot(demo)

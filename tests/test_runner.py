@@ -55,6 +55,9 @@ def test_unknown_model_or_variant_lists_the_valid_ones():
 
 
 @pytest.mark.parametrize("kw, message", [
+    (dict(detector_boxes="x.json", use_gt_info=False), "DETECTOR_BOXES gives boxes without roots, for RootNet"),
+    (dict(detector_boxes="x.json", model="rootnet", variant="R50"), "DETECTOR_BOXES is set .* USE_GT_INFO is True"),
+    (dict(bbox_root="x.json", use_gt_info=False, model="rootnet", variant="R50"), "DETECTOR_BOXES = 'x.json'"),
     (dict(protocol=3), "PROTOCOL must be 1 or 2"),
     (dict(image_limit=0), "IMAGE_LIMIT must be a positive integer"),
     (dict(batch_size=2.5), "BATCH_SIZE must be a positive integer"),
@@ -66,7 +69,7 @@ def test_unknown_model_or_variant_lists_the_valid_ones():
 ])
 def test_bad_parameters_are_refused_with_the_fix(kw, message):
     with pytest.raises(runner.ConfigError, match=message):
-        runner.RunParams(model="convnextpose", variant="XS", **kw)
+        runner.RunParams(**{"model": "convnextpose", "variant": "XS", **kw})
 
 
 def test_spread_picks_evenly_from_first_to_last():
@@ -86,7 +89,8 @@ def test_demo_run_end_to_end(demo_cache, tmp_path, no_input_roots):
     assert "python" in run.environment().index
     run.infer()
     per_action = run.evaluate()
-    assert per_action.columns.name == "RANDOM DEMO WEIGHTS — numbers are meaningless"
+    assert per_action.columns.name.startswith("RANDOM DEMO WEIGHTS — numbers are meaningless | Protocol 2, "
+                                              "ground-truth boxes, ground-truth roots")
     result_path = run.save()
     run.paper_comparison()
     run.plots()
@@ -104,6 +108,13 @@ def test_demo_run_end_to_end(demo_cache, tmp_path, no_input_roots):
     for name in ("result", "predictions", "per_action_csv", "per_joint_png", "qualitative_png"):
         assert Path(files.loc[name, "path"]).is_file(), name
     assert (tmp_path / "convnextpose_XS" / "result.json") == result_path
+    # what repeats this run: the notebook and every parameter as resolved (tested by running it in test_notebooks)
+    repeat = result["parameters"]
+    assert repeat["notebook"] == "notebooks/convnextpose.ipynb"
+    assert repeat["values"]["DEMO"] is True and repeat["values"]["DEVICE"] == "cpu"
+    assert repeat["values"]["OUTPUT_DIR"] == str(tmp_path.resolve()) and repeat["values"]["IMAGE_LIMIT"] == 6
+    assert "CHECKPOINT" not in repeat["values"] and "DATA_ROOT" not in repeat["values"]  # demo: made from SEED
+    assert (tmp_path / "convnextpose_XS" / "REPRODUCE.md").is_file()
 
     # The headline, recomputed independently from predictions.npz and the ground truth of the test set.
     pred = np.load(tmp_path / "convnextpose_XS" / "predictions.npz")
@@ -216,36 +227,182 @@ def test_missing_images_fail_fast_or_are_skipped_and_recorded(demo_cache, tmp_pa
 
 
 # ------------------------------------------------------------------------------------- RootNet -> BBOX_ROOT
-def test_rootnet_bbox_root_is_accepted_as_bbox_root(demo_cache, tmp_path, no_input_roots):
+def _mini_data(cache: Path, out: Path, count: int = 6) -> Path:
+    """The demo data cut to `count` protocol-1 test images of S11 (every file in its own format, no sidecar), so a
+    RootNet run covers the whole test set in seconds."""
+    from helpers import demo_data
+    from helpers.h36m import find_annotation_dir
+
+    demo = runner.ensure_demo_data(cache)
+    source = find_annotation_dir(demo)
+    data = json.loads((source / "Human36M_subject11_data.json").read_text())
+    test_ids = [im["id"] for im in data["images"] if im["frame_idx"] % 64 == 0]
+    keep = set(test_ids[::len(test_ids) // count][:count])
+    annotations = out / "annotations"
+    annotations.mkdir(parents=True)
+    data = {"images": [im for im in data["images"] if im["id"] in keep],
+            "annotations": [a for a in data["annotations"] if a["image_id"] in keep]}
+    (annotations / "Human36M_subject11_data.json").write_text(json.dumps(data))
+    for kind in ("camera", "joint_3d"):
+        (annotations / f"Human36M_subject11_{kind}.json").write_text(
+            (source / f"Human36M_subject11_{kind}.json").read_text())
+    for image in data["images"]:
+        target = out / "images" / image["file_name"]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(next(demo.rglob(Path(image["file_name"]).name)).read_bytes())
+    for name in (demo_data.DETECTOR_FILE, demo_data.BBOX_ROOT_FILE):
+        entries = [e for e in json.loads((demo / name).read_text()) if e["image_id"] in keep]
+        (out / name).write_text(json.dumps(entries))
+    return out
+
+
+def _mini_params(cache: Path, out: Path, data: Path, model: str, **kw) -> runner.RunParams:
+    """A run on the mini data with the demo's random checkpoint of `model` (recorded as random_demo)."""
+    return runner.RunParams(model=model, variant="R50", data_root=str(data), protocol=1, cache_dir=str(cache),
+                            checkpoint=str(runner.ensure_demo_checkpoint(cache, model)), output_dir=str(out),
+                            batch_size=4, **kw)
+
+
+def _run(params: runner.RunParams) -> tuple[runner.Run, dict]:
+    run = runner.prepare(params)
+    run.infer()
+    run.evaluate()
+    return run, json.loads(run.save().read_text())
+
+
+def test_rootnet_on_detector_boxes_feeds_posenet_offline(demo_cache, tmp_path, no_input_roots):
+    """The demo's detected path, end to end: RootNet on the demo detector's boxes (its DETECTOR_BOXES default),
+    its bbox_root file (with a sidecar) as PoseNet's BBOX_ROOT, labelled detector boxes with this run's roots."""
+    from helpers import box_sources, geometry, report
+    from helpers.models.registry import get_spec
+
     # Protocol 1 (S11 only) keeps the RootNet run short while covering its whole test set.
-    root_run = runner.prepare(_params(demo_cache, tmp_path, model="rootnet", variant="R50", protocol=1))
-    assert root_run.test_set.subjects == (11,)
-    root_run.infer()
-    root_run.evaluate()
-    result = json.loads(root_run.save().read_text())
+    root_run, result = _run(_params(demo_cache, tmp_path, model="rootnet", variant="R50", protocol=1,
+                                    use_gt_info=False))
     validate_result(result)
     assert result["kind"] == "root" and result["headline"]["metric"] == "mrpe"
+    detector_file = runner.ensure_demo_data(demo_cache) / "bbox_human36m_output.json"
+    assert result["conventions"]["bbox_source"] == "detector"
+    assert result["conventions"]["sources"]["boxes"]["file"] == str(detector_file)
+    # the boxes RootNet cropped are the detector's boxes through process_bbox
+    ts = root_run.test_set
+    detections = {e["image_id"]: e["bbox"] for e in json.loads(detector_file.read_text())}
+    expected, _ = geometry.process_bboxes(np.array([detections[i] for i in ts.image_id]), ts.width, ts.height)
+    np.testing.assert_array_equal(ts.bbox, expected)
+    assert not np.allclose(ts.bbox, runner.prepare(_params(demo_cache, tmp_path, model="rootnet", variant="R50",
+                                                           protocol=1)).test_set.bbox)  # not the GT boxes
+
     bbox_root_path = root_run.files["bbox_root"]
     table = load_bbox_root(bbox_root_path)
     pred = np.load(tmp_path / "rootnet" / "predictions.npz")
     assert len(table) == len(root_run.test_set) == len(pred["image_id"])
     order = np.argsort(pred["image_id"])
     np.testing.assert_allclose(table.root_cam, pred["root_cam"][order])
+    np.testing.assert_array_equal(table.bbox, pred["bbox"][order])
+    sidecar = json.loads(box_sources.sidecar_path(bbox_root_path).read_text())
+    assert sidecar["boxes"]["source"] == "detector" and sidecar["boxes"]["file"] == str(detector_file)
+    assert sidecar["roots"]["source"] == "rootnet_run" and sidecar["protocol"] == 1
+    assert sidecar["roots"]["checkpoint_sha256"] == result["checkpoint"]["sha256"]
+    assert sidecar["roots"]["weights"] == "random_demo"
+    result_bytes = (tmp_path / "rootnet" / "result.json").read_bytes()
+    assert sidecar["roots"]["result_id"] == box_sources.bytes_sha256(result_bytes)[:16]
 
-    pose_run = runner.prepare(_params(demo_cache, tmp_path, protocol=1, use_gt_info=False,
-                                      bbox_root=str(bbox_root_path), image_limit=3))
+    pose_run, pose_result = _run(_params(demo_cache, tmp_path, model="posenet", variant="R50", protocol=1,
+                                         use_gt_info=False, bbox_root=str(bbox_root_path), image_limit=3))
     ts = pose_run.test_set
-    assert ts.bbox_source == "detected"
     pos, found = table.lookup(ts.image_id)
     assert found.all()
     np.testing.assert_allclose(ts.root_cam, table.root_cam[pos])
     np.testing.assert_allclose(ts.bbox, table.bbox[pos])
-    pose_run.infer()
-    pose_run.evaluate()
-    pose_result = json.loads(pose_run.save().read_text())
-    assert pose_result["conventions"]["bbox_source"] == "detected"
-    assert pose_result["conventions"]["protocol"] == 1
-    assert pose_result["headline"]["metric"] == "pa_mpjpe_rigid_fit18"
+    conv = pose_result["conventions"]
+    assert (conv["bbox_source"], conv["root_source"]) == ("detector", "rootnet_run")
+    assert conv["sources"]["roots"]["result_id"] == sidecar["roots"]["result_id"]
+    # the boxes' first file is still the detector's, reached through RootNet's bbox_root file
+    assert conv["sources"]["boxes"]["file"] == str(detector_file)
+    assert conv["sources"]["boxes"]["via"] == str(bbox_root_path)
+    assert conv["protocol"] == 1 and pose_result["headline"]["metric"] == "pa_mpjpe_rigid_fit18"
+    assert report.source_label(pose_result) == "detector boxes, RootNet roots (this run)"
+    assert "detector boxes, RootNet roots (this run)" in pose_run.per_joint_table().columns.name
+    assert pose_run.data_summary().loc["roots", "value"].startswith("RootNet roots (this run)")
+    # random demo RootNet weights: not the paper's setting, whatever the pose weights
+    assert report.published_setting(pose_result)[1].startswith("n/a: the roots come from a RootNet run with random "
+                                                               "demo weights")
+    assert np.isnan(report.paper_comparison(pose_result, get_spec("posenet")).iloc[0]["paper (mm)"])
+
+
+def test_rootnet_on_ground_truth_boxes_gets_no_detected_paper_number(demo_cache, tmp_path):
+    from helpers import consolidate, report
+    from helpers.models.registry import get_spec
+
+    data = _mini_data(demo_cache, tmp_path / "data")
+    out = tmp_path / "out"
+    root_run, root_result = _run(_mini_params(demo_cache, out, data, "rootnet"))
+    assert root_result["conventions"]["bbox_source"] == "ground_truth"
+    assert len(root_run.test_set) == 6 and not root_result["partial"]
+    _, pose_result = _run(_mini_params(demo_cache, out, data, "posenet", use_gt_info=False,
+                                       bbox_root=str(root_run.files["bbox_root"])))
+    conv = pose_result["conventions"]
+    assert (conv["bbox_source"], conv["root_source"]) == ("ground_truth", "rootnet_run")
+    assert report.source_label(pose_result) == "ground-truth boxes, RootNet roots (this run)"
+    assert report.published_setting(pose_result) == (
+        None, "n/a: no published number for ground-truth boxes with RootNet roots")
+    for result in (pose_result, {**pose_result, "weights": {"kind": "released"}}):  # even with released weights
+        row = report.paper_comparison(result, get_spec("posenet")).iloc[0]
+        assert np.isnan(row["paper (mm)"]) and np.isnan(row["Δ (mm)"])
+    # the leaderboard groups it by both sources, apart from a ground-truth run of the same model
+    _run(_mini_params(demo_cache, out / "gt", data, "posenet"))
+    board = consolidate.consolidate(out)
+    groups = set(board.leaderboard.loc[board.leaderboard["model_id"] == "posenet", "group"])
+    assert groups == {"Protocol 1 PA-MPJPE rigid fit18, ground-truth boxes, RootNet roots (this run)",
+                      "Protocol 1 PA-MPJPE rigid fit18, ground-truth boxes, ground-truth roots"}
+    assert board.pairwise.empty  # one model per group: nothing is compared across box or root sources
+    origin = board.leaderboard.set_index("result").loc["posenet", "box/root origin"]
+    assert f"roots of RootNet result {conv['sources']['roots']['result_id']}" in origin
+    assert "ground-truth boxes, RootNet roots (this run)" in board.files["report"].read_text()
+
+
+def test_rootnet_on_a_released_files_boxes_reports_its_root_difference(demo_cache, tmp_path, monkeypatch):
+    """The mini data's bbox_root file registered as a released RootNet output (the real released files are
+    recognised the same way: tests/test_box_sources.py), then RootNet on its boxes and PoseNet on it."""
+    from helpers import box_sources, report
+    from helpers.h36m import load_bbox_root as load
+
+    data = _mini_data(demo_cache, tmp_path / "data")
+    released_path = data / "bbox_root_human36m_output.json"
+    table = load(released_path)
+
+    def register(protocol: int) -> None:
+        monkeypatch.setattr(box_sources, "RELEASED_BBOX_ROOT_FILES", (box_sources.ReleasedBBoxRoot(
+            protocol, (11,), len(table), table.file_sha256, "-", "the test's subjects"),))
+
+    register(1)
+    out = tmp_path / "out"
+    root_run, result = _run(_mini_params(demo_cache, out, data, "rootnet", use_gt_info=False,
+                                         detector_boxes=str(released_path), image_limit=4))
+    block = result["root_reproduction"]
+    assert block["released"] is True and block["samples"] == 4 and block["reference_protocol"] == 1
+    pred = np.load(out / "rootnet" / "predictions.npz")
+    rows, _ = table.lookup(pred["image_id"])
+    distance = np.linalg.norm(pred["root_cam"].astype(np.float64) - table.root_cam[rows], axis=1)
+    assert block["mean_mm"] == pytest.approx(distance.mean()) and block["max_mm"] == pytest.approx(distance.max())
+    frame = root_run.root_reproduction()
+    assert frame.loc["samples compared", "value"] == 4
+    assert "RootNet reproduction check" in frame.columns.name
+    assert (out / "rootnet" / "root_reproduction.csv").is_file()
+    np.testing.assert_array_equal(root_run.test_set.bbox, table.bbox)  # the file's boxes, as they are
+
+    pose_run, pose_result = _run(_mini_params(demo_cache, out, data, "posenet", use_gt_info=False,
+                                              bbox_root=str(released_path), image_limit=2))
+    assert report.source_label(pose_result) == "detector boxes, released RootNet roots"
+    assert report.paper_comparison(pose_result, pose_run.spec).iloc[0]["paper (mm)"] == 35.2
+
+    register(2)  # the same file as a protocol-2 output, given to a protocol-1 run: flagged and recorded
+    flagged = runner.prepare(_mini_params(demo_cache, out, data, "posenet", use_gt_info=False,
+                                          bbox_root=str(released_path), image_limit=2))
+    assert flagged.test_set.sources["protocol_check"]["status"] == "mismatch"
+    assert flagged.data_summary().loc["protocol check", "value"].startswith("mismatch: the bbox_root file's roots "
+                                                                            "were made for protocol 2")
+    assert any(note.startswith("WARNING, box/root file") for note in flagged.notes)
 
 
 def test_use_gt_info_false_without_bbox_root_on_real_data_is_refused(demo_cache, tmp_path):
@@ -255,6 +412,12 @@ def test_use_gt_info_false_without_bbox_root_on_real_data_is_refused(demo_cache,
     with pytest.raises(DataError, match="BBOX_ROOT .* does not exist; run rootnet.ipynb"):
         runner.prepare(_params(demo_cache, tmp_path, data_root=data, use_gt_info=False,
                                bbox_root=str(tmp_path / "absent.json")))
+    with pytest.raises(runner.ConfigError, match="USE_GT_INFO = False for rootnet needs DETECTOR_BOXES"):
+        runner.prepare(_params(demo_cache, tmp_path, model="rootnet", variant="R50", data_root=data,
+                               use_gt_info=False))
+    with pytest.raises(DataError, match="DETECTOR_BOXES .* does not exist"):
+        runner.prepare(_params(demo_cache, tmp_path, model="rootnet", variant="R50", data_root=data,
+                               use_gt_info=False, detector_boxes=str(tmp_path / "absent.json")))
 
 
 # ---------------------------------------------------------------------------------------------- widgets

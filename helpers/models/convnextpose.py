@@ -178,6 +178,18 @@ def _variant(variant: str, *, depths, dims, head_width, upsample, heatmap, num_p
     )
 
 
+# As published (IEEE Access 11, 2023; DOI record); key of the official README's entry.
+CITATION = """@article{nguyen2023convnextpose,
+  title   = {{ConvNeXtPose}: A Fast Accurate Method for {3D} Human Pose Estimation and Its {AR} Fitness
+             Application in Mobile Devices},
+  author  = {Nguyen, Hong Son and Kim, Myounggon and Im, Changbin and Han, Sanghoon and Han, JungHyun},
+  journal = {IEEE Access},
+  volume  = {11},
+  pages   = {117393--117402},
+  year    = {2023},
+  doi     = {10.1109/ACCESS.2023.3326343}
+}"""
+
 _SMALL = dict(depths=(3, 3, 9, 3), dims=(48, 96, 192, 384))
 
 FAMILY = Family(
@@ -202,7 +214,7 @@ FAMILY = Family(
                "18 joints as a soft-argmax over a heatmap volume. Four released variants; the checkpoint files are "
                "PyTorch zip archives despite their `.tar` name, and some use legacy head key names (the loader "
                "accepts both).")),
-    key_filter=filter_keys, official_keys=official_keys,
+    key_filter=filter_keys, official_keys=official_keys, citation=CITATION,
     # main/train.py with common/base.py: AdamW, DataParallel; the released files are torch zips named .tar
     release=CheckpointRelease(optimizer="AdamW", serialization="zip"),
 )

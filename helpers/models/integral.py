@@ -58,6 +58,16 @@ def build_integral(depth: int = 50, input_shape=(256, 256), depth_dim: int = 64,
     return IntegralPoseNet(depth=depth, input_shape=input_shape, depth_dim=depth_dim, joint_num=joint_num)
 
 
+# As published (ECCV 2018, with Fangyin Wei); the official README still cites the arXiv preprint.
+CITATION = """@inproceedings{sun2018integral,
+  title     = {Integral Human Pose Regression},
+  author    = {Sun, Xiao and Xiao, Bin and Wei, Fangyin and Liang, Shuang and Wei, Yichen},
+  booktitle = {Proceedings of the European Conference on Computer Vision (ECCV)},
+  pages     = {529--545},
+  year      = {2018}
+}"""
+
+
 def _paper_variant(depth: int, **kw) -> ModelSpec:
     return ModelSpec(model_id=f"integral_r{depth}", family="integral", variant=f"R{depth}", builder=build_integral,
                      builder_kwargs=dict(depth=depth), normalization="integral", **kw)
@@ -112,6 +122,7 @@ FAMILY = Family(
                "The only released checkpoint is the "
                "ECCV'18 challenge ResNet-152 at 384x288 input, trained on a different split, so its numbers are not "
                "comparable with the paper's Protocol 1/2 figures.")),
+    citation=CITATION,
     # train.py: Adam, MultiStepLR, DataParallelModel; saved with PyTorch 0.4.0 (its README): legacy format, a
     # state dict without _metadata or BatchNorm num_batches_tracked, plus scheduler state and loss lists
     release=CheckpointRelease(optimizer="Adam", serialization="legacy", versioned=False,

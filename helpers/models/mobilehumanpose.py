@@ -259,6 +259,16 @@ def build_lpwo(joint_num: int = 18) -> MobileHumanPose:
     return MobileHumanPose(LpNetWoConcat(_check_joint_num(joint_num), depth_dim), joint_num, depth_dim)
 
 
+# As published (CVPR 2021 Workshops); the official README's entry.
+CITATION = """@inproceedings{Choi_2021_CVPR,
+  title     = {{MobileHumanPose}: Toward Real-Time {3D} Human Pose Estimation in Mobile Devices},
+  author    = {Choi, Sangbum and Choi, Seokeon and Kim, Changick},
+  booktitle = {Proceedings of the IEEE/CVF Conference on Computer Vision and Pattern Recognition (CVPR) Workshops},
+  month     = {June},
+  year      = {2021},
+  pages     = {2328--2338}
+}"""
+
 FAMILY = Family(
     name="mobilehumanpose", display_name="MobileHumanPose",
     models=(
@@ -284,6 +294,7 @@ FAMILY = Family(
                "stops and says so); the embedded demo uses random-initialised weights and says so in every table. "
                "`lpski` is the current repository version (32x32x32 output); `lpski_2021` is the paper-era version "
                "(64x64x64) the published numbers describe.")),
+    citation=CITATION,
     # no official release; its training code is 3DMPPE's (Adam, DataParallel), run with torch >= 1.6: zip format
     release=CheckpointRelease(optimizer="Adam", serialization="zip"),
 )

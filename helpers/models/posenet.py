@@ -31,6 +31,16 @@ class PoseNet(ResNetHeatmapPose):
         self.head = PoseNetHead(self.joint_num * self.depth_dim)
 
 
+# As published (ICCV 2019); key and fields of the official READMEs' entry (3DMPPE_POSENET/ROOTNET_RELEASE).
+CITATION = """@inproceedings{Moon_2019_ICCV_3DMPPE,
+  title     = {Camera Distance-aware Top-down Approach for {3D} Multi-person Pose Estimation from a Single
+               {RGB} Image},
+  author    = {Moon, Gyeongsik and Chang, Ju Yong and Lee, Kyoung Mu},
+  booktitle = {Proceedings of the IEEE/CVF International Conference on Computer Vision (ICCV)},
+  year      = {2019}
+}"""
+
+
 def build_posenet(joint_num: int = 18, depth_dim: int = 64) -> PoseNet:
     return PoseNet(joint_num=joint_num, depth_dim=depth_dim)
 
@@ -51,8 +61,9 @@ FAMILY = Family(
         file="posenet.ipynb", title="PoseNet (3DMPPE, ICCV 2019) on Human3.6M", default_variant="R50",
         intro=("3DMPPE PoseNet: ResNet-50 with three deconvolution layers, a 64x64x64 heatmap volume per joint and a "
                "soft-argmax. The paper reports Protocol 2 MPJPE with the ground-truth box and root and with "
-               "RootNet's detected box and root (run rootnet.ipynb, then set `USE_GT_INFO = False` and "
-               "`BBOX_ROOT`).")),
+               "detector boxes and RootNet roots (set `USE_GT_INFO = False` and `BBOX_ROOT` to the released RootNet "
+               "output, or to the file rootnet.ipynb writes when run on detector boxes).")),
+    citation=CITATION,
     # the 2019 release (PyTorch 1.1): Adam, DataParallel, the legacy (pre-1.6) serialisation
     release=CheckpointRelease(optimizer="Adam", serialization="legacy"),
 )

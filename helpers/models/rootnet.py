@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from .common import check_input, soft_argmax_2d
+from .posenet import CITATION as CITATION_3DMPPE  # RootNet and PoseNet are one paper
 from .resnet import BACKBONE_CHANNELS, BACKBONE_STRIDE, DECONV_FILTERS, ResNetBackbone, deconv_layers
 from .spec import CheckpointRelease, CheckpointSource, Family, ModelSpec, NotebookText, PaperResult
 
@@ -70,8 +71,11 @@ FAMILY = Family(
         intro=("RootNet predicts the absolute camera-space position of the root joint (Pelvis) from a person crop "
                "and the depth prior k = sqrt(2000 mm x 2000 mm x fx x fy / box area). It is scored with MRPE (mean "
                "root position error; x, y, z mean absolute errors alongside). Its output, written here as a "
-               "RootNet-format `bbox_root_human36m_output.json`, is what the pose notebooks accept as `BBOX_ROOT` "
-               "(with `USE_GT_INFO = False`) to evaluate with detected boxes and roots.")),
+               "RootNet-format `bbox_root_human36m_output.json` (with a sidecar saying which boxes it used), is what "
+               "the pose notebooks accept as `BBOX_ROOT` (with `USE_GT_INFO = False`). With `USE_GT_INFO = False` "
+               "RootNet runs on a person detector's boxes (`DETECTOR_BOXES`: the official `bbox_human36m_output.json`, "
+               "or the boxes of a bbox_root file such as the released one), as the papers' detected setting does.")),
+    citation=CITATION_3DMPPE,
     # the 2019 release (PyTorch 1.1): Adam, DataParallel, the legacy (pre-1.6) serialisation
     release=CheckpointRelease(optimizer="Adam", serialization="legacy"),
 )

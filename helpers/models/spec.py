@@ -8,7 +8,8 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
-from ..protocol import FLIP_PAIRS, JOINT_NAMES
+from ..bibtex import parse_entry
+from ..protocol import ACTION_NAMES, FLIP_PAIRS, JOINT_NAMES
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,19 @@ class PaperResult:
     p1_pa_mpjpe_detected: float | None = None
     mrpe: dict | None = None  # root models only: {"total", "x", "y", "z"}
     source: str = ""
+    # Published per-action values, keyed by the field above they break down, e.g. {"p2_mpjpe": {"Directions":
+    # 50.1, ...}} (action names as protocol.ACTION_NAMES); the report's tables print them as "reported" rows.
+    per_action: dict | None = None
+
+    def __post_init__(self):
+        totals = ("p2_mpjpe", "p1_pa_mpjpe", "p2_mpjpe_detected", "p1_pa_mpjpe_detected", "mrpe")
+        for name, values in (self.per_action or {}).items():
+            if name not in totals:
+                raise ValueError(f"PaperResult.per_action key {name!r} is not one of {', '.join(totals)}")
+            unknown = sorted(set(values) - set(ACTION_NAMES))
+            if unknown:
+                raise ValueError(f"PaperResult.per_action[{name!r}]: unknown action(s) {unknown}; use the names "
+                                 "of protocol.ACTION_NAMES")
 
 
 @dataclass(frozen=True)
@@ -133,6 +147,21 @@ class Family:
     # How the official training code saves checkpoints (the default: Adam, zip format, as torch.save writes today).
     release: CheckpointRelease = CheckpointRelease()
     source: str = ""  # where the family was defined (module name or file path); set on registration
+    # The family's paper as one BibTeX entry (author, title, venue, year); consolidation cites it in its
+    # tables and writes it to references.bib. Empty: no citation.
+    citation: str = ""
+
+    def __post_init__(self):
+        if self.citation:
+            try:
+                parse_entry(self.citation)
+            except ValueError as exc:
+                raise ValueError(f"family {self.name!r}: citation is not one usable BibTeX entry: {exc}") from None
+
+    @property
+    def citation_key(self) -> str | None:
+        """The key to `\\cite` (None without a citation)."""
+        return parse_entry(self.citation).key if self.citation else None
 
     def variants(self) -> list[str]:
         return [spec.variant for spec in self.models]
