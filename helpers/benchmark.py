@@ -2,7 +2,7 @@
 alone, and (`--gpu-check`) what a CUDA machine does with every model.
 
 `python -m helpers benchmark --model ID [ID ...] [--device auto|cpu|cuda] [--batch-size N] [--iters N]
-[--repeats N] [--precision fp32|fp16|bf16] [--json FILE] [--data DIR] [--cache-dir DIR]`
+[--repeats N] [--precision fp32|tf32|fp16|bf16] [--json FILE] [--data DIR] [--cache-dir DIR]`
 
 `python -m helpers benchmark --gpu-check [--model ID ...] [--json FILE] [--data DIR] [--budget-s S]`
 
@@ -15,9 +15,9 @@ Model ids may also be comma-separated (`--model convnextpose_XS,posenet`). For e
     figures; it decodes nothing and every crop is a hit;
 (iii) `pipeline_over_forward` on the warm cache = the warm run's inference images/s (read cached crops,
     normalise, flip, forward, un-flip and merge, gather) / the forward pass alone (`engine.forward_batch` on
-    the pre-made network inputs of one batch, the flip test as ONE forward of 2B images, the same threads
-    via `engine.torch_settings`, after `WARMUP_FORWARDS` warm-up forwards). 1.0 means the pipeline adds
-    nothing to the model's own time.
+    the pre-made network inputs of one batch, the flip test as ONE forward of 2B images, the same threads and
+    strict fp32 numerics via `engine.torch_settings`, after `WARMUP_FORWARDS` warm-up forwards). 1.0 means the
+    pipeline adds nothing to the model's own time.
 Forward and warm pipeline alternate for `--repeats` rounds and the fastest round of each is reported (like
 `timeit`'s minimum): on a shared or throttled machine the fastest round is the least disturbed one. Every
 round is kept in the JSON. `--precision` goes to both; a reduced precision that `run_inference`'s fp32
@@ -27,14 +27,18 @@ The cache directory is a temporary folder unless `--cache-dir` is given (its per
 `--gpu-check` (CUDA only; without a CUDA GPU it prints one line and exits 2, writing nothing) runs, within
 `--budget-s` (default 270 s; models that do not fit are listed as skipped), for each pose model and RootNet
 at its `spec.default_batch_size` (halved on CUDA out-of-memory): forward-alone and full-pipeline (warm cache)
-images/s in fp32 and fp16 and their peak memory (`torch.cuda.max_memory_allocated`); the fp16 deviation from
-fp32 in mm (`run_inference`'s `precision_check`, measured on real crops, fallback allowed); the CUDA crop vs
-the CPU crop of the same decoded images (must be identical); nvjpeg vs CPU JPEG decoding
-(`crop_cache.check_gpu_decoder`) and both decoders' images/s; and the projected time of the full Protocol-2
-set (8,695 images, flip test) per model = 8695 / fp32 pipeline images/s, plus the four ConvNeXtPose variants
-on two GPUs = (sum of their four projections) / 2, assuming the two GPUs split the work evenly. The
-measurements are functions taking a device (`crop_identity_check`, `decode_check`, `gpu_check_model`), so
-they also run on "cpu".
+images/s in strict fp32, tf32 and fp16, pipeline/forward, and their peak memory (`torch.cuda.max_memory_allocated`);
+the fp32 forward with `cudnn.benchmark` on (the official scripts' setting) against the strict default; the
+tf32 and fp16 deviation from strict fp32 in mm (`run_inference`'s `precision_check`, measured on real crops,
+fallback allowed); the CUDA-vs-CPU deviation in mm of 8 crops with TF32 off and on (`engine.check_device`,
+against the device check's tolerance); the CUDA crop vs the CPU crop of the same decoded images (must be
+identical); nvjpeg vs CPU JPEG decoding (`crop_cache.check_gpu_decoder`) and both decoders' images/s; with two or
+more GPUs, 1-process vs 2-process predictions of the first model (must be identical: `multi_process_check`);
+and the projected time of the full Protocol-2 set (8,695 images, flip test) per model = 8695 / fp32 pipeline
+images/s, plus the four ConvNeXtPose variants on two GPUs = (sum of their four projections) / 2, assuming the two
+GPUs split the work evenly. The measurements are functions taking a device (`crop_identity_check`,
+`decode_check`, `gpu_check_model`, `multi_process_check`), so they also run on "cpu". The pipeline runs here
+leave the device check off (it is measured on its own) and keep the crop check.
 
 Without `--data`, the generated demo dataset (`helpers.demo_data`, synthetic images at the real 1000x1002 /
 1000x1000 sizes) is used. Random weights: throughput does not depend on the weight values.
@@ -42,7 +46,6 @@ Without `--data`, the generated demo dataset (`helpers.demo_data`, synthetic ima
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import tempfile
 import time
@@ -55,8 +58,9 @@ import torch
 
 from .atomic import write_json
 from .crop_cache import check_gpu_decoder, ensure_crops
-from .engine import (InferenceConfig, _is_oom, _memory_now_mb, _resolve_device, check_cuda_devices, forward_batch,
-                     prepare_inputs, run_inference, torch_settings)
+from .engine import (DEVICE_CHECK_SAMPLES, InferenceConfig, _is_oom, _memory_now_mb, _resolve_device,
+                     check_cuda_devices, check_device, forward_batch, prepare_inputs, release_cached_memory,
+                     run_inference, tf32_available, torch_settings)
 from .images import decode_rgb, read_image
 from .pipeline import crop_images
 from .protocol import PROTOCOLS
@@ -70,7 +74,7 @@ CONVNEXTPOSE_IDS = tuple(spec.model_id for spec in get_family("convnextpose").mo
 GPU_CHECK_IMAGES = 384  # a multiple of every default batch size (128, 64, 32): whole batches only
 GPU_CHECK_ITERS = 3
 GPU_CHECK_BUDGET_S = 270.0
-GPU_CHECK_PRECISIONS = ("fp32", "fp16")
+GPU_CHECK_PRECISIONS = ("fp32", "tf32", "fp16")
 TWO_GPU_ASSUMPTION = ("the two GPUs split the work evenly (each runs two of the four models or half of every "
                       "model's images) and each runs as fast as the GPU measured here")
 NO_CUDA_MESSAGE = "--gpu-check needs a CUDA GPU, and torch sees none on this machine; nothing was measured or written."
@@ -96,27 +100,16 @@ def parse_model_ids(values: Iterable[str] | str) -> list[str]:
     return ids
 
 
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
-
-
 def environment_info(device_type: str, cpu_threads: int | None = None) -> dict:
     """Where the figures were measured: `environment.environment_report()` (versions, GPUs) plus the device,
     its name and the CPU threads used."""
-    from .environment import environment_report
+    from .environment import cpu_name, environment_report
 
     return {
         **environment_report(),
         "device": device_type,
-        "device_name": torch.cuda.get_device_name(0) if device_type == "cuda" else _cpu_name(),
-        "cpu_name": _cpu_name(),
+        "device_name": torch.cuda.get_device_name(0) if device_type == "cuda" else cpu_name(),
+        "cpu_name": cpu_name(),
         "cpu_threads": int(cpu_threads or torch.get_num_threads()),
     }
 
@@ -179,10 +172,12 @@ def forward_inputs(spec, crops_uint8, test_set, positions, *, device, channels_l
 
 
 def time_forward(model, spec, inputs: torch.Tensor, k: torch.Tensor | None = None, *, iters: int,
-                 precision: str = "fp32", device, cpu_threads: int | None = None) -> dict:
+                 precision: str = "fp32", device, cpu_threads: int | None = None, cudnn_benchmark: bool = False) -> dict:
     """`iters` timed forwards of one batch `inputs` (after `WARMUP_FORWARDS` warm-up forwards), with the flip
-    test as the pipeline runs it (pose models: one forward of 2B images). Returns images (iters x B),
-    seconds, images_per_s, peak_memory_mb (CUDA: max allocated since the start of this call; CPU: RSS)."""
+    test as the pipeline runs it (pose models: one forward of 2B images), in the run's strict settings
+    (`cudnn_benchmark=True`: cuDNN autotuning on, determinism off, as the official test scripts run). Returns
+    images (iters x B), seconds, images_per_s, peak_memory_mb (CUDA: max allocated since the start of this call;
+    CPU: RSS)."""
     device = _torch_device(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -191,8 +186,9 @@ def time_forward(model, spec, inputs: torch.Tensor, k: torch.Tensor | None = Non
         return forward_batch(model, inputs, kind=spec.kind, flip_test=spec.kind == "pose", precision=precision,
                              output_width=spec.output_shape[1], flip_pairs=spec.flip_pairs, k=k)
 
-    # The same threads and cuDNN autotuning as the pipeline's run, so that both compare like with like.
-    with torch.inference_mode(), torch_settings(device.type, int(cpu_threads or torch.get_num_threads())):
+    # The same threads and numerics as the pipeline's run, so that both compare like with like.
+    with torch.inference_mode(), torch_settings(device.type, int(cpu_threads or torch.get_num_threads()),
+                                                cudnn_benchmark=cudnn_benchmark):
         for _ in range(WARMUP_FORWARDS):
             once()
         if device.type == "cuda":
@@ -204,7 +200,7 @@ def time_forward(model, spec, inputs: torch.Tensor, k: torch.Tensor | None = Non
         elapsed = time.perf_counter() - start
     images = iters * int(inputs.shape[0])
     return {"images": images, "seconds": elapsed, "images_per_s": images / elapsed,
-            "peak_memory_mb": _memory_now_mb(device), "precision": precision}
+            "peak_memory_mb": _memory_now_mb(device), "precision": precision, "cudnn_benchmark": cudnn_benchmark}
 
 
 def _run_record(result: dict) -> dict:
@@ -245,10 +241,11 @@ def benchmark_model(model_id: str, test_set, paths: Sequence, *, device: str = "
     cache_root.mkdir(parents=True, exist_ok=True)
     cache_dir = Path(tempfile.mkdtemp(prefix=f"{model_id}-", dir=cache_root))  # empty: the first run is cold
     # One process on one device: the forward alone runs on GPU 0 only, so the pipeline must not spread either.
+    # The device check is measured by --gpu-check; here it would add CPU forwards to every run's wall time.
     config = InferenceConfig(batch_size=batch_size, device=device_type, world_size=1, max_samples=images,
                              shard_size=images, out_dir=Path(out_root) / model_id, cache_dir=cache_dir,
                              resume=False, num_workers=num_workers, channels_last=channels_last,
-                             precision=precision, cpu_threads=threads, progress=False)
+                             precision=precision, cpu_threads=threads, progress=False, device_check=False)
     cold_result = run_inference(spec, model, test_set, paths, config)
     cold = _run_record(cold_result)
     precision_used = cold_result["precision_check"]["used"]
@@ -430,23 +427,23 @@ def decode_check(paths: Sequence, bbox, input_shape, device, count: int = 8, tim
 
 
 def _forward_with_halving(model, spec, store, test_set, *, batch: int, iters: int, precision: str,
-                          device: torch.device, channels_last: bool) -> tuple[dict, int, int]:
+                          device: torch.device, channels_last: bool, cudnn_benchmark: bool = False
+                          ) -> tuple[dict, int, int]:
     """`time_forward` at `batch`, halving the batch on out-of-memory. Returns (record, batch used, halvings)."""
     halvings = 0
     while True:
         try:
             inputs, k = forward_inputs(spec, store.read(0, batch), test_set, np.arange(batch), device=device,
                                        channels_last=channels_last)
-            record = time_forward(model, spec, inputs, k, iters=iters, precision=precision, device=device)
-            del inputs, k
+            record = time_forward(model, spec, inputs, k, iters=iters, precision=precision, device=device,
+                                  cudnn_benchmark=cudnn_benchmark)
             return record | {"batch_size": batch}, batch, halvings
-        except (torch.OutOfMemoryError, RuntimeError) as exc:
+        except RuntimeError as exc:  # torch.cuda.OutOfMemoryError is one
             if not _is_oom(exc) or batch == 1:
                 raise
-            inputs = k = None
-            batch, halvings = batch // 2, halvings + 1
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
+        inputs = k = None  # outside the except block, so the failed batch's memory can go back
+        batch, halvings = batch // 2, halvings + 1
+        release_cached_memory(device)
 
 
 def gpu_check_model(model_id: str, test_set, paths: Sequence, *, device, cache_dir: str | Path,
@@ -461,7 +458,9 @@ def gpu_check_model(model_id: str, test_set, paths: Sequence, *, device, cache_d
     pipeline {precision: {images_per_s, peak_memory_mb, batch_size_used, precision_used, wall_s, inference_s,
     images_decoded, crop_cache_hits, crop_cache_misses, ...}}, pipeline_over_forward {precision: ratio},
     precision_check {reduced precision: run_inference's precision_check (max_abs_diff_mm, mean_abs_diff_mm,
-    fell_back, ...)}, protocol2_projection_s (8695 / fp32 pipeline images/s), peak_memory_mb (the largest),
+    fell_back, ...)}, cudnn_benchmark {off_images_per_s, on_images_per_s, on_over_off} (the fp32 forward alone),
+    device_vs_cpu {fp32, tf32: engine.check_device records (max_abs_diff_mm, tolerance_mm, passed, ...),
+    tf32_supported}, protocol2_projection_s (8695 / fp32 pipeline images/s), peak_memory_mb (the largest),
     memory_kind, num_params, gmacs."""
     from .models import get_spec
 
@@ -492,14 +491,25 @@ def gpu_check_model(model_id: str, test_set, paths: Sequence, *, device, cache_d
                                                                 iters=iters, precision=precision, device=device,
                                                                 channels_last=channels_last)
         halvings += more
+    autotuned = None
+    if "fp32" in forward:  # the official scripts' cudnn.benchmark = True, against the strict default
+        autotuned, batch, more = _forward_with_halving(model, spec, store, test_set, batch=batch, iters=iters,
+                                                       precision="fp32", device=device, channels_last=channels_last,
+                                                       cudnn_benchmark=True)
+        halvings += more
     n = (n // batch) * batch
+    # The device against the CPU, both in strict fp32, and the device with TF32 against the same CPU reference.
+    deviation = check_device(spec, model, store, test_set, bbox, n, device=device, flip_test=spec.kind == "pose",
+                             channels_last=channels_last, samples=DEVICE_CHECK_SAMPLES, batch_size=batch,
+                             precisions=("fp32", "tf32"))
+    deviation["tf32_supported"] = tf32_available(device.type, (device.index or 0,))
 
     pipeline, checks = {}, {}
     for precision in precisions:
         config = InferenceConfig(batch_size=batch, device=device.type, world_size=1, max_samples=n, shard_size=n,
                                  out_dir=Path(out_dir) / f"{model_id}_{precision}", cache_dir=cache_dir,
                                  resume=False, num_workers=num_workers, channels_last=channels_last,
-                                 precision=precision, precision_fallback=True, progress=False)
+                                 precision=precision, precision_fallback=True, progress=False, device_check=False)
         result = run_inference(spec, model, test_set, paths, config)
         pipeline[precision] = _run_record(result)
         if precision != "fp32":
@@ -511,8 +521,7 @@ def gpu_check_model(model_id: str, test_set, paths: Sequence, *, device, cache_d
     for record in pipeline.values():
         record["images_per_s"] = record["inference_images_per_s"]
     del model
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
+    release_cached_memory(device)
     return {
         "model_id": model_id,
         "kind": spec.kind,
@@ -525,6 +534,11 @@ def gpu_check_model(model_id: str, test_set, paths: Sequence, *, device, cache_d
         "forward": forward,
         "pipeline": pipeline,
         "pipeline_over_forward": ratios,
+        "cudnn_benchmark": {"off_images_per_s": forward["fp32"]["images_per_s"] if autotuned else None,
+                            "on_images_per_s": autotuned["images_per_s"] if autotuned else None,
+                            "on_over_off": (autotuned["images_per_s"] / forward["fp32"]["images_per_s"]
+                                            if autotuned else None)},
+        "device_vs_cpu": deviation,
         "precision_check": checks,
         "protocol2_projection_s": PROTOCOL2_IMAGES / fp32_ips if fp32_ips else None,
         "peak_memory_mb": max([r["peak_memory_mb"] for r in forward.values()]
@@ -533,6 +547,36 @@ def gpu_check_model(model_id: str, test_set, paths: Sequence, *, device, cache_d
         "num_params": num_params,
         "gmacs": spec.gmacs,
     }
+
+
+def multi_process_check(model_id: str, test_set, paths: Sequence, *, device_type: str, cache_dir: str | Path,
+                        out_dir: str | Path, images: int = GPU_CHECK_IMAGES, batch_size: int | None = None,
+                        num_workers: int = 4) -> dict:
+    """`run_inference` with 2 processes (one per device) and with 1, strict fp32, shards of one batch so the two
+    ranks alternate: the predictions must be identical, value for value (every sample is computed in the same
+    batch whatever the number of processes). The 2-process run goes first, while the model is still on the CPU."""
+    from .models import get_spec
+
+    spec = get_spec(model_id)
+    batch = int(batch_size or spec.default_batch_size)
+    n = min(int(images), len(test_set))
+    batch = min(batch, max(1, n // 2))
+    n = (n // batch) * batch
+    model = _build_model(model_id, torch.device("cpu"), channels_last=True)
+    runs = {}
+    for world_size in (2, 1):
+        config = InferenceConfig(batch_size=batch, device=device_type, world_size=world_size, max_samples=n,
+                                 shard_size=batch, out_dir=Path(out_dir) / f"{model_id}_{world_size}_processes",
+                                 cache_dir=cache_dir, resume=False, num_workers=num_workers, progress=False,
+                                 device_check=False)
+        runs[world_size] = run_inference(spec, model, test_set, paths, config)
+    key = "coords" if spec.kind == "pose" else "root_output"
+    one, two = runs[1]["predictions"][key], runs[2]["predictions"][key]
+    del model
+    return {"model_id": model_id, "images": n, "batch_size": batch, "shards": n // batch, "world_sizes": [1, 2],
+            "identical": bool(one.shape == two.shape and np.array_equal(one, two)),
+            "max_abs_diff": float(np.abs(one - two).max()) if one.shape == two.shape else None,
+            "images_per_s": {str(w): r["timing"]["images_per_s"] for w, r in sorted(runs.items())}}
 
 
 def protocol2_projection(models: Sequence[dict]) -> dict:
@@ -576,6 +620,14 @@ def run_gpu_check(model_ids: Sequence[str] | None = None, *, device: str = "cuda
         first_spec = get_spec(ids[0])
         crop = crop_identity_check(paths, test_set.bbox, first_spec.input_shape, device_t)
         decoding = decode_check(paths, test_set.bbox, first_spec.input_shape, device_t)
+        gpus = torch.cuda.device_count() if device_t.type == "cuda" else 1
+        if gpus >= 2:
+            multi_set, multi_paths = load(get_spec(ids[0]).aspect_ratio)
+            multi = multi_process_check(ids[0], multi_set, multi_paths, device_type=device_t.type, cache_dir=cache,
+                                        out_dir=work / "processes", images=images, batch_size=batch_size,
+                                        num_workers=num_workers)
+        else:
+            multi = {"skipped": f"needs two or more GPUs; this machine has {gpus} {device_t.type} device"}
         models, skipped = [], []
         for model_id in ids:
             elapsed = time.perf_counter() - started
@@ -600,6 +652,7 @@ def run_gpu_check(model_ids: Sequence[str] | None = None, *, device: str = "cuda
         "data": note,
         "crop_identity": crop,
         "jpeg_decoding": decoding,
+        "one_vs_two_processes": multi,
         "models": models,
         "skipped": skipped,
         "projection": projection,
@@ -617,9 +670,23 @@ def format_gpu_check(report: dict) -> pd.DataFrame:
         for p, r in m["pipeline"].items():
             col[f"pipeline {p} (images/s)"] = _f(r["images_per_s"]) + (
                 "" if r["precision_used"] == p else f" (ran {r['precision_used']})")
+        autotune = m.get("cudnn_benchmark") or {}
+        col["forward fp32, cudnn.benchmark on (images/s)"] = (
+            f"{_f(autotune.get('on_images_per_s'))} (x{_f(autotune.get('on_over_off'), '.2f')})")
+        for p, r in m["pipeline_over_forward"].items():
+            col[f"pipeline / forward {p}"] = _f(r, ".3f")
         col["peak memory (MB)"] = _f(m["peak_memory_mb"], ".0f")
         for p, c in m["precision_check"].items():
             col[f"{p} vs fp32: max / mean mm"] = f"{_f(c['max_abs_diff_mm'], '.3f')} / {_f(c['mean_abs_diff_mm'], '.3f')}"
+        deviation = m.get("device_vs_cpu") or {}
+        for p in ("fp32", "tf32"):
+            if p in deviation:
+                d = deviation[p]
+                col[f"device vs CPU, {p}: max mm (tolerance)"] = (
+                    f"{_f(d['max_abs_diff_mm'], '.4f')} ({_f(d['tolerance_mm'], '.4f')}) "
+                    + ("passed" if d["passed"] else "FAILED"))
+        if "tf32_supported" in deviation:
+            col["TF32 on this GPU"] = "yes" if deviation["tf32_supported"] else "no (tf32 runs strict fp32)"
         col["Protocol 2 projection (s, fp32)"] = _f(m["protocol2_projection_s"], ".0f")
         columns[m["model_id"]] = col
     frame = pd.DataFrame(columns)
@@ -634,6 +701,12 @@ def _gpu_check_summary(report: dict) -> str:
              f"JPEG decoding: {dec['decoder']} vs CPU, max abs diff pixels {dec['max_abs_diff_pixels']}, crops "
              f"{dec['max_abs_diff_crop']}, identical {dec['identical']}; {dec['device_images_per_s']:.0f} images/s "
              f"on the device vs {dec['cpu_images_per_s']:.0f} on one CPU thread"]
+    multi = report.get("one_vs_two_processes") or {}
+    if multi.get("skipped"):
+        lines.append(f"1 vs 2 processes: skipped ({multi['skipped']})")
+    elif multi:
+        lines.append(f"1 vs 2 processes ({multi['model_id']}, {multi['images']} images): identical "
+                     f"{multi['identical']}, max abs diff {multi['max_abs_diff']}")
     if proj["convnextpose_two_gpus_s"] is not None:
         lines.append(f"four ConvNeXtPose variants on two GPUs: {proj['convnextpose_two_gpus_s']:.0f} s "
                      f"(assuming {proj['assumption']})")
@@ -683,7 +756,7 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"timed batches (default 5; --gpu-check: forwards per measurement, default {GPU_CHECK_ITERS})")
     parser.add_argument("--repeats", type=int, default=3, help="alternating rounds of forward and warm pipeline; "
                         "the best of each counts")
-    parser.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32",
+    parser.add_argument("--precision", choices=("fp32", "tf32", "fp16", "bf16"), default="fp32",
                         help="passed to the forward alone and to run_inference (default fp32, the official setting)")
     parser.add_argument("--json", type=Path, help="write the report here (atomically)")
     parser.add_argument("--data", type=Path, help="a Human3.6M folder (annotations + images); default: generated demo data")

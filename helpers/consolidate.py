@@ -39,7 +39,7 @@ LEADERBOARD_COLUMNS = (
     "PA similarity (mm)",
     "action mean (mm)", "MRPE x (mm)", "MRPE y (mm)", "MRPE z (mm)", "paper (mm)", "Δ (mm)", "grade",
     "params (M)", "GFLOPs (MACs)", "images/s", "protocol", "bbox source", "root source", "box/root origin",
-    "flip test", "precision",
+    "flip test", "precision", "verified",
     "device", "batch size", "images evaluated", "images expected", "partial", "weights", "result",
 )
 FILE_NAMES = {
@@ -249,6 +249,7 @@ def _row(item: LoadedResult) -> dict:
         "box/root origin": source_origin(result),
         "flip test": conv.get("flip_test"),
         "precision": precision_label(result),
+        "verified": report.verification_label(result),
         "device": settings.get("device"),
         "batch size": settings.get("batch_size"),
         "images evaluated": int(result["num_samples"]),
@@ -426,12 +427,12 @@ def markdown_table(frame: pd.DataFrame) -> str:
 REPORT_TABLE_COLUMNS = ("model", "model_id", HEADLINE_COLUMN, "ci95_low", "ci95_high", "MPJPE (mm)", "PA rigid (mm)",
                         "PA similarity (mm)",
                         "action mean (mm)", "paper (mm)", "Δ (mm)", "grade", "params (M)", "GFLOPs (MACs)",
-                        "images/s", "flip test", "precision", "device", "batch size", "images evaluated", "partial",
-                        "weights")
+                        "images/s", "flip test", "precision", "verified", "device", "batch size", "images evaluated",
+                        "partial", "weights")
 ROOT_TABLE_COLUMNS = ("model", "model_id", HEADLINE_COLUMN, "ci95_low", "ci95_high", "MRPE x (mm)", "MRPE y (mm)",
                       "MRPE z (mm)",
                       "action mean (mm)", "paper (mm)", "Δ (mm)", "grade", "params (M)", "images/s", "flip test",
-                      "precision", "device", "batch size", "images evaluated", "partial", "weights")
+                      "precision", "verified", "device", "batch size", "images evaluated", "partial", "weights")
 
 
 _FLIP_WORDS = {True: "on", False: "off", None: "unknown"}
@@ -501,9 +502,13 @@ def render_report(consolidated: Consolidated, results_dir: Path, plots: dict[str
                   "set; their numbers are not comparable with full runs or the published values.", ""]
     reduced = [r.name for r in consolidated.results if result_precision(r.result) not in (None, "fp32")]
     if reduced:
-        lines += [f"> **Reduced precision:** {', '.join(f'`{p}`' for p in reduced)} ran in fp16/bf16, which is not "
+        lines += [f"> **Reduced precision:** {', '.join(f'`{p}`' for p in reduced)} ran in tf32/fp16/bf16, which is not "
                   "the official setting (the official code runs in fp32). Each records its measured deviation from "
                   "fp32 on its own crops (`precision_check` in its result.json).", ""]
+    failed = [(r.name, p) for r in consolidated.results for p in report.verification_problems(r.result)]
+    if failed:
+        lines += ["> **⚠ Failed checks:** " + "; ".join(f"`{name}`: {problem}" for name, problem in failed)
+                  + ". Their rows are marked ✗ in the `verified` column.", ""]
     if consolidated.results:
         lines += _conventions_section(consolidated.results)
     lines += ["## Leaderboard", "",
@@ -520,6 +525,11 @@ def render_report(consolidated: Consolidated, results_dir: Path, plots: dict[str
                    if c != f"{metric} (mm)"]  # the headline column already is that metric
         lines += [f"### {group}", "", markdown_table(rows[columns].rename(
             columns={HEADLINE_COLUMN: f"{metric} (mm)"})), ""]
+    lines += ["## How each row was verified", "",
+              "The `verified` column says what each result was checked with on the machine that ran it (CI has no "
+              "GPU, so every run checks itself there):", "",
+              *[f"- **{check}**: {meaning}" for check, meaning in report.VERIFICATION_EXPLAINED.items()],
+              f"- {report.VERIFICATION_MARKS}", ""]
     lines += _tables_section(consolidated)
     lines += _intervals_section(consolidated)
     lines += _reproduction_section(consolidated)

@@ -56,22 +56,27 @@ class CropStore:
             self._maps[index] = np.load(_chunk_path(self.folder, index), mmap_mode="r", allow_pickle=False)
         return self._maps[index]
 
-    def read(self, start: int, end: int) -> np.ndarray:
+    def read(self, start: int, end: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Crops `start:end`; copied into `out` (e.g. a pinned host buffer) when given, which is returned."""
         if not 0 <= start <= end <= self.count:
             raise IndexError(f"crop range {start}:{end} is outside 0:{self.count}")
-        parts = []
+        if out is None:
+            out = np.empty((end - start, 3, *self.input_shape), np.uint8)
         pos = start
         while pos < end:
             index, offset = divmod(pos, self.chunk_size)
             take = min(end - pos, self.chunk_size - offset)
-            parts.append(self._chunk(index)[offset:offset + take])
+            out[pos - start:pos - start + take] = self._chunk(index)[offset:offset + take]
             pos += take
-        height, width = self.input_shape
-        return np.concatenate(parts) if parts else np.empty((0, 3, height, width), np.uint8)
+        return out
 
-    def take(self, positions: Sequence[int]) -> np.ndarray:
-        """Crops at arbitrary positions (sorted or not), `(len, 3, H, W)` uint8."""
-        return np.stack([self._chunk(p // self.chunk_size)[p % self.chunk_size] for p in positions])
+    def take(self, positions: Sequence[int], out: np.ndarray | None = None) -> np.ndarray:
+        """Crops at arbitrary positions (sorted or not), `(len, 3, H, W)` uint8; into `out` when given."""
+        if out is None:
+            out = np.empty((len(positions), 3, *self.input_shape), np.uint8)
+        for row, p in enumerate(positions):
+            out[row] = self._chunk(p // self.chunk_size)[p % self.chunk_size]
+        return out
 
     def summary(self) -> dict:
         """The `crop_cache` block of result.json."""
@@ -200,7 +205,8 @@ def ensure_crops(paths: Sequence[str], bbox, input_shape: Sequence[int], *, cach
                 "layout": "(n, 3, H, W) RGB per chunk_#####.npy"}
     if not (folder / "manifest.json").is_file():
         write_json(folder / "manifest.json", manifest)
-    store = CropStore(key=key, folder=str(folder), count=len(paths), input_shape=input_shape, decode=decode)
+    store = CropStore(key=key, folder=str(folder), count=len(paths), input_shape=input_shape, decode=decode,
+                      chunk_size=CHUNK_SIZE)
 
     chunks = [(i, first, min(first + CHUNK_SIZE, len(paths))) for i, first in enumerate(range(0, len(paths), CHUNK_SIZE))]
     missing_chunks = [c for c in chunks if not _chunk_ok(_chunk_path(folder, c[0]), c[2] - c[1], input_shape)]

@@ -1,28 +1,42 @@
-"""Batched, flip-tested, multi-process, resumable inference over a Human3.6M test set, fp32 by default.
+"""Batched, flip-tested, multi-process, resumable inference over a Human3.6M test set, strict fp32 by default.
 
 `run_inference(model_spec, checkpoint_or_model, test_set, image_paths, config)` works in two steps:
 
 1. **Crops.** `crop_cache.ensure_crops` decodes each JPEG (on the CPU, in `num_workers` loader processes) and
    makes the official uint8 crop once per crop rule; the crops are cached memory-mapped, so every later model
-   and notebook run with the same rule reads them instead of decoding again.
+   and notebook run with the same rule reads them instead of decoding again. Where OpenCV 4.x imports, a few of
+   the run's crops are compared with the official OpenCV crop (`crop_check.check_crops`, `crop_check`).
 2. **Forward.** Batches of cached crops are normalised and flipped on the device and run through the model
-   (the flip test is one forward of 2B images). On CUDA out-of-memory the batch is halved for the rest of the
+   (the flip test is one forward of 2B images). On CUDA the next batch is read into a pinned host buffer and
+   copied while the GPU computes the current one. On CUDA out-of-memory the batch is halved for the rest of the
    run. The model's `ModelSpec` alone decides input size, normalisation and output decoding.
 
-**Precision** is `"fp32"` (the official setting) unless `"fp16"` or `"bf16"` is asked for (autocast, on CUDA
-or CPU). A reduced-precision run is first compared with fp32 on a calibration sample of its own crops; the
-deviation is recorded in `precision_check`, and beyond `precision_tolerance_mm` the run falls back to fp32
-(or stops, with `precision_fallback=False`). A batch with a non-finite output is recomputed in fp32.
+**Numerics** (`torch_settings`, `forward_batch`): strict fp32 on every device. TF32 is off for cuDNN
+convolutions and for matmuls (torch turns it on for convolutions by default on Ampere and newer GPUs),
+`cudnn.benchmark` is off and `cudnn.deterministic` on; the caller's values come back afterwards. The settings
+are recorded in `settings` (`tf32`, `cudnn_benchmark`, `cudnn_deterministic`).
+
+**Precision** is `"fp32"` (the official setting) unless `"tf32"` (TF32 convolutions and matmuls, on GPUs of
+compute capability 8.0 and newer), `"fp16"` or `"bf16"` (autocast, on CUDA or CPU) is asked for. Such a run is
+first compared with strict fp32 on a calibration sample of its own crops; the deviation is recorded in
+`precision_check`, and beyond `precision_tolerance_mm` the run falls back to fp32 (or stops, with
+`precision_fallback=False`). A batch with a non-finite output is recomputed in fp32.
+
+**Device check** (`device_check`, "auto": on for a non-CPU device): before the run, `device_check_samples` of
+the run's own crops go through the model on the run's device and on the CPU, both in strict fp32, with the run's
+flip setting; the deviation in mm is compared with a tolerance derived from float32 arithmetic
+(`device_check_tolerance_mm`) and recorded in `device_check`. A failure warns, or stops the run with "strict".
 
 Work is cut into shards of `shard_size` consecutive samples. Shard k goes to rank k % world_size; each
 shard is split into batches from its own start, so every sample is computed in the same batch whatever
 the number of processes (1-process and 2-process CPU runs give identical numbers). Each finished shard
 is written atomically to `out_dir/shards/shard_#####.npz` with a fingerprint of (model weights, spec,
-settings, crops); a rerun with `resume=True` reuses matching shards and never mixes in stale ones.
+settings, crops, device names); a rerun with `resume=True` reuses matching shards and never mixes in stale ones.
 With world_size > 1 one spawned process per device works through its shards inside a `torch.distributed`
 process group (NCCL on CUDA, gloo on CPU): after its shards, each rank gathers to rank 0 what it computed
-(its shard list and statistics), and rank 0 checks that every shard was done exactly once. The parent then
-writes `out_dir/predictions.npz` atomically from the shards, in sample order:
+(its shard list and statistics), and rank 0 checks that every shard was done exactly once. Before the ranks
+start, the parent releases what its own GPU work (calibration, device check, GPU decoding) left on GPU 0. The
+parent then writes `out_dir/predictions.npz` atomically from the shards, in sample order:
 
 pose models (`spec.kind == "pose"`): `image_id` (N,) int64, `coords` (N,J,3) float32 heatmap units after
     the flip merge, `output_shape` (2,) (H, W), `depth_dim` (), `bbox` (N,4) the crop boxes, and the
@@ -36,8 +50,10 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import gc
 import hashlib
 import json
+import math
 import os
 import pickle
 import time
@@ -51,6 +67,7 @@ import torch
 from . import geometry
 from .atomic import save_npz, write_json
 from .crop_cache import DECODERS, CropStore, ensure_crops
+from .crop_check import CROP_CHECK_IMAGES, check_crops, crop_check_failed
 from .h36m import DataError
 from .images import ImageReadError, short_error  # noqa: F401  (ImageReadError is part of this API)
 from .pipeline import flip_images, flip_test_merge, normalize
@@ -58,17 +75,32 @@ from .protocol import EVAL_JOINTS
 from .results import PREDICTIONS_FILE
 
 SHARD_DIR = "shards"
-_FINGERPRINT_VERSION = 2
+_FINGERPRINT_VERSION = 3  # 3: device names and the numerics settings joined the fingerprint
 
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# "tf32" computes in float32 tensors, with TF32 tensor-core convolutions and matmuls (compute capability >= 8.0).
+PRECISIONS = {"fp32": torch.float32, "tf32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # A reduced-precision run is kept only if no calibration joint moved by more than this (root-relative mm;
 # RootNet: the root position). 1 mm is well below any difference between published models.
 PRECISION_TOLERANCE_MM = 1.0
 CALIBRATION_SAMPLES = 64
+TF32_MIN_CAPABILITY = (8, 0)  # Ampere: the first GPUs with TF32 tensor cores (A100, RTX 30, L4, H100, ...)
+
+# Device check tolerance (helpers/README.md, "Device check"): between the error of fp32 sums in another order
+# (growing like sqrt(K) unit roundoffs for a dot product of length K) and TF32's rounding of every operand to 11
+# significant bits, relative to the mm span of the model's output grid; at most 0.1 mm.
+FP32_UNIT_ROUNDOFF = 2.0 ** -24
+TF32_UNIT_ROUNDOFF = 2.0 ** -11
+REDUCTION_LENGTH = 2 ** 10  # a typical dot-product length of these layers (3x3x128, 1x1x1024, 7x7 depthwise x ...)
+DEVICE_CHECK_MAX_TOLERANCE_MM = 0.1
+DEVICE_CHECK_SAMPLES = 8
 
 
 class PrecisionError(RuntimeError):
     """Reduced precision deviated from fp32 beyond the tolerance and the run was asked to stop."""
+
+
+class DeviceCheckError(RuntimeError):
+    """The run's device deviated from the CPU in strict fp32 beyond the tolerance, with device_check="strict"."""
 
 
 @dataclass
@@ -77,10 +109,13 @@ class InferenceConfig:
 
     batch_size: int = 64
     flip_test: bool = True
-    precision: str = "fp32"  # "fp32" (official) | "fp16" | "bf16": reduced precision is checked against fp32
+    precision: str = "fp32"  # "fp32" (official) | "tf32" | "fp16" | "bf16": the others are checked against fp32
     precision_tolerance_mm: float = PRECISION_TOLERANCE_MM
     precision_fallback: bool = True  # beyond the tolerance: True runs fp32 instead, False stops (PrecisionError)
     calibration_samples: int = CALIBRATION_SAMPLES
+    device_check: bool | str = "auto"  # "auto": on for a non-CPU device | True: also on a CPU | False | "strict"
+    device_check_samples: int = DEVICE_CHECK_SAMPLES
+    crop_check_images: int = CROP_CHECK_IMAGES  # run's images compared with OpenCV 4.x where it imports; 0: off
     channels_last: bool = True
     device: str = "auto"  # "auto" | "cpu" | "cuda"
     world_size: int | None = None  # processes, one per device; None: number of CUDA GPUs, 1 on CPU
@@ -98,54 +133,180 @@ class InferenceConfig:
 
 
 @dataclass
-class _Job:
-    """Everything a rank needs; picklable so `torch.multiprocessing.spawn` can hand it over."""
+class _Forward:
+    """What a forward pass needs to know about the model and the samples (`_BatchRunner`)."""
 
-    model: torch.nn.Module
     kind: str
     output_shape: tuple[int, int]
     normalization: str
     flip_pairs: tuple[tuple[int, int], ...]
-    crops: CropStore
-    bbox: np.ndarray  # (N, 4) float64
-    f: np.ndarray  # (N, 2) float64
-    shards: list[tuple[int, int, int]]  # (shard index, first sample, end sample)
-    shard_dir: str
-    fingerprint: str
-    batch_size: int
     flip_test: bool
-    precision: str  # the precision used (after the calibration check)
     channels_last: bool
-    device_type: str
-    world_size: int
-    cpu_threads: int
-    seed: int
-    progress: bool
+    bbox: np.ndarray  # (N, 4) float64
+    f: np.ndarray  # (N, 2) float64 (RootNet's k)
     output_width: tuple[int, ...] = ()  # per-image output shape: (J, 3) pose, (3,) root
+    input_shape: tuple[int, ...] = ()  # (H, W) of the crops
+
+
+@dataclass
+class _Job(_Forward):
+    """Everything a rank needs; picklable so `torch.multiprocessing.spawn` can hand it over."""
+
+    model: torch.nn.Module = None
+    crops: CropStore = None
+    shards: list[tuple[int, int, int]] = dataclasses.field(default_factory=list)  # (index, first, end sample)
+    shard_dir: str = ""
+    fingerprint: str = ""
+    batch_size: int = 1
+    precision: str = "fp32"  # the precision used (after the calibration check)
+    device_type: str = "cpu"
+    world_size: int = 1
+    cpu_threads: int = 1
+    seed: int = 0
+    progress: bool = True
     reuse: frozenset = frozenset()  # shard indices already complete on disk
     dist_init_method: str = ""  # rendezvous of the process group (world_size > 1), on the loopback interface
 
 
+# ---------------------------------------------------------------- numerics: strict fp32, TF32, cuDNN
+
+def _fp32_precision_flags() -> list | None:
+    """The backends' `fp32_precision` settings (torch 2.9 and newer), or None on a torch with only the legacy
+    `allow_tf32` flags. One API is used throughout: once flags were set through both, torch's legacy getters raise."""
+    backends = torch.backends
+    conv = getattr(getattr(backends.cudnn, "conv", None), "fp32_precision", None)
+    if conv is None:
+        return None
+    owners = [backends.cudnn.conv, getattr(backends.cudnn, "rnn", None), backends.cuda.matmul]
+    # The CPU's oneDNN kernels: `set_float32_matmul_precision("medium")` would let them run matmuls in bf16.
+    mkldnn = getattr(backends, "mkldnn", None)
+    owners += [getattr(mkldnn, name, None) for name in ("conv", "matmul", "rnn")] if mkldnn is not None else []
+    return [o for o in owners if o is not None and hasattr(o, "fp32_precision")]
+
+
+def _numerics_state() -> tuple:
+    """The caller's TF32 and cuDNN settings, as `_restore_numerics` puts them back (read through one API)."""
+    cudnn = (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
+    owners = _fp32_precision_flags()
+    if owners is not None:
+        return cudnn, "fp32_precision", [(o, o.fp32_precision) for o in owners]
+    return cudnn, "legacy", (torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision())
+
+
+def _restore_numerics(state: tuple) -> None:
+    (benchmark, deterministic), api, values = state
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = benchmark, deterministic
+    if api == "fp32_precision":
+        for owner, value in values:
+            owner.fp32_precision = value
+    else:
+        torch.backends.cudnn.allow_tf32 = values[0]
+        torch.set_float32_matmul_precision(values[1])
+
+
+def _set_tf32(enabled: bool) -> None:
+    """TF32 for cuDNN convolutions and CUDA matmuls on (the "tf32" precision) or off (strict fp32); the CPU's
+    oneDNN kernels always strict."""
+    owners = _fp32_precision_flags()
+    if owners is not None:
+        gpu = {id(torch.backends.cudnn.conv), id(getattr(torch.backends.cudnn, "rnn", None)),
+               id(torch.backends.cuda.matmul)}
+        for owner in owners:
+            owner.fp32_precision = "tf32" if enabled and id(owner) in gpu else "ieee"
+    else:
+        torch.backends.cudnn.allow_tf32 = enabled
+        torch.backends.cuda.matmul.allow_tf32 = enabled  # also sets float32_matmul_precision "high"/"highest"
+
+
+def _resolved_fp32_precision(owner, parents) -> str:
+    """An `fp32_precision` value with "none" resolved through its parents (all "none": strict, "ieee")."""
+    for level in (owner, *parents):
+        value = getattr(level, "fp32_precision", "none")
+        if value != "none":
+            return value
+    return "ieee"
+
+
+def tf32_flags() -> dict:
+    """Whether torch would now use TF32 for cuDNN convolutions and for CUDA matmuls (read through one API)."""
+    backends = torch.backends
+    if _fp32_precision_flags() is not None:
+        conv = _resolved_fp32_precision(backends.cudnn.conv, (backends.cudnn, backends))
+        matmul = _resolved_fp32_precision(backends.cuda.matmul, (backends.cuda, backends))
+        return {"conv": conv == "tf32", "matmul": matmul == "tf32"}
+    return {"conv": bool(backends.cudnn.allow_tf32), "matmul": bool(backends.cuda.matmul.allow_tf32)}
+
+
+def numerics_settings() -> dict:
+    """The flags that decide fp32 arithmetic right now: {tf32 (convolutions or matmuls), cudnn_benchmark,
+    cudnn_deterministic}; what a run records in `settings` (tf32 only where the device has TF32)."""
+    flags = tf32_flags()
+    return {"tf32": bool(flags["conv"] or flags["matmul"]), "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
+            "cudnn_deterministic": bool(torch.backends.cudnn.deterministic)}
+
+
+@contextlib.contextmanager
+def torch_settings(device_type: str, cpu_threads: int, *, cudnn_benchmark: bool = False):
+    """Threads and strict fp32 numerics for a run, restored afterwards (a notebook session keeps its settings).
+
+    TF32 off, `cudnn.benchmark` off and `cudnn.deterministic` on, on every device (they are global flags and
+    change nothing on a CPU, so the tests can see them). `cudnn_benchmark=True` (the official test scripts' speed
+    setting, measured by `--gpu-check`) turns autotuning on and determinism off instead."""
+    threads, state = torch.get_num_threads(), _numerics_state()
+    torch.set_num_threads(cpu_threads)
+    _set_tf32(False)
+    torch.backends.cudnn.benchmark = bool(cudnn_benchmark)
+    torch.backends.cudnn.deterministic = not cudnn_benchmark
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        _restore_numerics(state)
+
+
+@contextlib.contextmanager
+def _tf32(enabled: bool):
+    state = _numerics_state()
+    _set_tf32(enabled)
+    try:
+        yield
+    finally:
+        _restore_numerics(state)
+
+
+def tf32_available(device_type: str, gpus: Sequence[int] = (0,)) -> bool:
+    """Whether every GPU of `gpus` has TF32 tensor cores (compute capability 8.0 or newer); never on a CPU."""
+    if device_type != "cuda":
+        return False
+    return all(tuple(torch.cuda.get_device_capability(i)) >= TF32_MIN_CAPABILITY for i in gpus)
+
+
 # ---------------------------------------------------------------- forward pass
 
-def _autocast(device_type: str, precision: str):
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device_type, dtype=PRECISIONS[precision])
+@contextlib.contextmanager
+def _math_mode(device_type: str, precision: str):
+    """The arithmetic of one forward: strict fp32 ("fp32"), TF32 convolutions and matmuls ("tf32"), or autocast
+    to fp16/bf16 with its float32 operations strict."""
+    with _tf32(precision == "tf32"):
+        if precision in ("fp16", "bf16"):
+            with torch.autocast(device_type=device_type, dtype=PRECISIONS[precision]):
+                yield
+        else:
+            yield
 
 
 def forward_batch(model: torch.nn.Module, x: torch.Tensor, *, kind: str, flip_test: bool, precision: str = "fp32",
                   output_width: int, flip_pairs, k: torch.Tensor | None = None) -> torch.Tensor:
     """Run the model on a normalised batch `x` (B,3,H,W), with the flip test as ONE forward of 2B images.
 
-    `precision` "fp16"/"bf16" runs the forward under autocast on `x`'s device; "fp32" runs it plainly.
-    Pose: returns (B,J,3) float32 heatmap units (flip-merged when `flip_test`). Root: `k` (B,1) is
-    required, no flip test, returns (B,3) float32 (x, y heatmap pixels, z mm).
+    `precision` "fp32" runs it in strict fp32 (TF32 off), "tf32" with TF32 convolutions and matmuls, "fp16"/"bf16"
+    under autocast on `x`'s device. Pose: returns (B,J,3) float32 heatmap units (flip-merged when `flip_test`).
+    Root: `k` (B,1) is required, no flip test, returns (B,3) float32 (x, y heatmap pixels, z mm).
     """
     batch = x.shape[0]
     if flip_test and kind == "pose":
         x = torch.cat([x, flip_images(x)])
-    with _autocast(x.device.type, precision):
+    with _math_mode(x.device.type, precision):
         out = model(x, k) if kind == "root" else model(x)
     out = out.float()  # the soft-argmax runs in float32 inside the models; keep the coordinates float32
     if flip_test and kind == "pose":
@@ -163,58 +324,114 @@ def prepare_inputs(crops, *, normalization: str, channels_last: bool, device=Non
 
 
 def _is_oom(exc: BaseException) -> bool:
-    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+    """CUDA out-of-memory. `torch.cuda.OutOfMemoryError` (a RuntimeError) exists since torch 1.13, the top-level
+    `torch.OutOfMemoryError` only since 2.4; the message covers every version."""
+    oom_class = getattr(torch.cuda, "OutOfMemoryError", None)
+    return (oom_class is not None and isinstance(exc, oom_class)) or "out of memory" in str(exc).lower()
+
+
+def release_cached_memory(device: torch.device) -> None:
+    """Give the CUDA caching allocator's free blocks back (called outside any `except` block: while an exception
+    is being handled, its traceback still holds the failed frame's tensors). Waits for the device first, so no
+    queued copy still reads a host buffer that is about to be refilled. A process that has not used CUDA has
+    nothing to release, and no CUDA context is created for it."""
+    if device.type == "cuda" and torch.cuda.is_initialized():
+        gc.collect()  # models dropped by the caller may sit in reference cycles
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
 
 
 class _BatchRunner:
     """Forward passes over cached crops at a batch size that halves on out-of-memory (timm validate's policy),
-    with reduced-precision batches that come out non-finite recomputed in fp32."""
+    with reduced-precision batches that come out non-finite recomputed in fp32.
 
-    def __init__(self, model, job_like, device: torch.device, batch_size: int, precision: str):
+    Overlap: the next batch is read (CUDA: into one of two pinned host buffers, then copied asynchronously) while
+    the device computes the current one; each batch's output is fetched only after that."""
+
+    def __init__(self, model, job_like: _Forward, device: torch.device, batch_size: int, precision: str):
         self.model, self.job, self.device = model, job_like, device
         self.batch_size, self.precision = int(batch_size), precision
         self.nonfinite_batches = 0
         self.oom_events = 0
+        self._pinned: list[torch.Tensor] = []  # CUDA only: two host buffers, used in turn
+        self._turn = 0
 
     def _k(self, positions: np.ndarray):
         if self.job.kind != "root":
             return None
-        return torch.from_numpy(geometry.rootnet_k_value(self.job.bbox[positions], self.job.f[positions])).to(self.device)
+        k = torch.from_numpy(geometry.rootnet_k_value(self.job.bbox[positions], self.job.f[positions]))
+        return k.pin_memory().to(self.device, non_blocking=True) if self.device.type == "cuda" else k.to(self.device)
 
-    def forward(self, positions: np.ndarray, crops: np.ndarray, precision: str) -> torch.Tensor:
+    def _host_buffer(self, rows: int, shape: tuple) -> torch.Tensor:
+        if not self._pinned or self._pinned[0].shape[0] < rows or tuple(self._pinned[0].shape[1:]) != shape:
+            self._pinned = [torch.empty((max(rows, self.batch_size), *shape), dtype=torch.uint8, pin_memory=True)
+                            for _ in range(2)]
+        self._turn ^= 1
+        return self._pinned[self._turn][:rows]
+
+    def _stage(self, positions: np.ndarray, read) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The batch's uint8 crops on the device, and RootNet's k. On CUDA the copy is queued, not awaited."""
+        if self.device.type != "cuda":
+            return torch.as_tensor(read(positions)), self._k(positions)
+        host = self._host_buffer(len(positions), (3, *self.job.input_shape))
+        read(positions, out=host.numpy())
+        return host.to(self.device, non_blocking=True), self._k(positions)
+
+    def _forward(self, staged, precision: str) -> torch.Tensor:
         job = self.job
-        x = prepare_inputs(crops, normalization=job.normalization, channels_last=job.channels_last, device=self.device)
+        crops, k = staged
+        x = prepare_inputs(crops, normalization=job.normalization, channels_last=job.channels_last)
         return forward_batch(self.model, x, kind=job.kind, flip_test=job.flip_test, precision=precision,
-                             output_width=job.output_shape[1], flip_pairs=job.flip_pairs, k=self._k(positions))
+                             output_width=job.output_shape[1], flip_pairs=job.flip_pairs, k=k)
 
-    def run(self, positions: np.ndarray, read, precision: str | None = None, recompute_nonfinite: bool = True
-            ) -> np.ndarray:
-        """Outputs for `positions` (consecutive or not); `read(sub_positions)` returns their uint8 crops.
+    def _chunk_end(self, start: int, total: int, group: int) -> int:
+        group_end = min((start // group + 1) * group, total)
+        return min(start + self.batch_size, group_end)
+
+    def run(self, positions: np.ndarray, read, precision: str | None = None, recompute_nonfinite: bool = True,
+            group_size: int | None = None, on_batch=None) -> np.ndarray:
+        """Outputs for `positions` (consecutive or not); `read(sub_positions, out=None)` returns their uint8 crops
+        (into `out` when given). `positions` are cut into groups of `group_size` (default: one group), each group
+        into batches of the current batch size. `on_batch(count)` is called after each batch.
         `recompute_nonfinite=False` keeps non-finite reduced-precision outputs (the calibration needs to see them)."""
         precision = precision or self.precision
-        outputs, start = [], 0
-        while start < len(positions):
-            chunk = positions[start:start + self.batch_size]
+        positions = np.asarray(positions)
+        total = len(positions)
+        group = int(group_size or total) or 1
+        outputs, start, staged = [], 0, None
+        while start < total:
+            end = self._chunk_end(start, total, group)
+            chunk = positions[start:end]
+            out_of_memory = False
             try:
-                out = self.forward(chunk, read(chunk), precision)
+                staged = staged or self._stage(chunk, read)
+                out, nonfinite = self._forward(staged, precision), False
                 if recompute_nonfinite and precision != "fp32" and not torch.isfinite(out).all():
-                    self.nonfinite_batches += 1
-                    out = self.forward(chunk, read(chunk), "fp32")
-            except (torch.OutOfMemoryError, RuntimeError) as exc:
+                    out, nonfinite = self._forward(staged, "fp32"), True
+                # While the device computes this batch, read and queue the next one.
+                after = self._chunk_end(end, total, group) if end < total else None
+                staged = self._stage(positions[end:after], read) if after is not None else None
+                result = out.cpu().numpy()
+            except RuntimeError as exc:
                 if not _is_oom(exc) or self.batch_size == 1:
                     raise
+                out_of_memory = True
+            if out_of_memory:  # outside the except block: the exception no longer holds the batch's tensors
+                staged = out = None
                 self.oom_events += 1
                 self.batch_size = max(1, self.batch_size // 2)
                 _note(f"out of memory at batch size {self.batch_size * 2}; continuing at {self.batch_size}")
-                if self.device.type == "cuda":
-                    torch.cuda.empty_cache()
+                release_cached_memory(self.device)
                 continue
-            expected = (len(chunk),) + self.job.output_width
-            if tuple(out.shape) != expected:
-                raise ValueError(f"the model returned shape {tuple(out.shape)} for {len(chunk)} images; its spec "
+            expected = (len(chunk),) + tuple(self.job.output_width)
+            if result.shape != expected:
+                raise ValueError(f"the model returned shape {result.shape} for {len(chunk)} images; its spec "
                                  f"expects {expected} (pose: joint_num x 3, root: 3)")
-            outputs.append(out.cpu().numpy())
-            start += len(chunk)
+            self.nonfinite_batches += nonfinite  # counted once the batch is done (a retried batch is not)
+            outputs.append(result)
+            start = end
+            if on_batch is not None:
+                on_batch(len(chunk))
         return np.concatenate(outputs)
 
 
@@ -224,7 +441,7 @@ def _note(text: str) -> None:
     tqdm.write(f"note: {text}")
 
 
-# ---------------------------------------------------------------- precision check
+# ---------------------------------------------------------------- precision check and device check
 
 def _outputs_to_mm(spec, out: np.ndarray, positions: np.ndarray, test_set, bbox: np.ndarray) -> np.ndarray:
     """Pose: root-relative camera mm of the evaluated joints (n, 17, 3). Root: camera mm (n, 1, 3)."""
@@ -238,17 +455,27 @@ def _outputs_to_mm(spec, out: np.ndarray, positions: np.ndarray, test_set, bbox:
     return (cam - cam[:, :1])[:, :EVAL_JOINTS]
 
 
+def _spread_positions(n: int, count: int) -> np.ndarray:
+    """`count` sample positions of 0..n-1 spread evenly from first to last."""
+    return np.unique(np.linspace(0, n - 1, max(1, min(int(count), n))).round().astype(np.int64))
+
+
 def check_precision(spec, runner: _BatchRunner | None, crops: CropStore, test_set, bbox: np.ndarray, n: int,
-                    config: InferenceConfig) -> dict:
-    """Compare the requested reduced precision with fp32 on an even sample of the run's own crops."""
+                    config: InferenceConfig, tf32_ok: bool = False) -> dict:
+    """Compare the requested precision with strict fp32 on an even sample of the run's own crops.
+
+    "tf32" on a device without TF32 (`tf32_ok` False: a CPU, a T4) runs strict fp32 and says so in `note`."""
     requested = config.precision
     record = {"requested": requested, "used": requested, "samples": 0, "max_abs_diff_heatmap": None,
               "max_abs_diff_mm": None, "mean_abs_diff_mm": None, "nonfinite_batches": 0, "fell_back": False,
               "tolerance_mm": float(config.precision_tolerance_mm)}
     if requested == "fp32":
         return record
-    count = max(1, min(int(config.calibration_samples), n))
-    positions = np.unique(np.linspace(0, n - 1, count).round().astype(np.int64))
+    if requested == "tf32" and not tf32_ok:
+        record.update(used="fp32", note="this device has no TF32 (it needs compute capability 8.0 or newer): "
+                                        "the run is strict fp32")
+        return record
+    positions = _spread_positions(n, config.calibration_samples)
     read = crops.take
     reference = runner.run(positions, read, "fp32")
     # The raw reduced-precision outputs: the per-batch fp32 recompute would hide what it does.
@@ -273,6 +500,106 @@ def check_precision(spec, runner: _BatchRunner | None, crops: CropStore, test_se
         _note(f"{requested} deviates from fp32 on this run's own crops ({why}); running in fp32 instead")
         record.update(used="fp32", fell_back=True)
     return record
+
+
+def device_check_enabled(mode, device_type: str) -> bool:
+    """DEVICE_CHECK: "auto" on any non-CPU device, True or "strict" everywhere, False never."""
+    if isinstance(mode, (bool, np.bool_)):
+        return bool(mode)
+    if mode not in ("auto", "strict"):
+        raise ValueError(f"device_check must be \"auto\", True, False or \"strict\"; got {mode!r}")
+    return device_type != "cpu" if mode == "auto" else True
+
+
+def output_span_mm(spec, positions: np.ndarray, test_set, bbox: np.ndarray, reference_mm: np.ndarray) -> float:
+    """The mm extent of what the model's output can express on these samples: the heatmap grid spans the crop box
+    (w·Z/fx by h·Z/fy at the root depth Z) and the depth extent; RootNet's output also holds its absolute depth."""
+    f = np.asarray(test_set.f, dtype=np.float64)[positions]
+    if spec.kind == "root":
+        depth = np.abs(reference_mm[:, 0, 2])
+    else:
+        depth = np.abs(np.asarray(test_set.root_cam, dtype=np.float64)[positions, 2])
+    box = np.asarray(bbox, dtype=np.float64)[positions]
+    span = np.maximum(box[:, 2] * depth / f[:, 0], box[:, 3] * depth / f[:, 1])
+    extent = depth if spec.kind == "root" else np.full(len(positions), float(spec.depth_extent_mm))
+    return float(np.max(np.maximum(span, extent)))
+
+
+def device_check_tolerance_mm(span_mm: float) -> float:
+    """2^-15 of the output span, at most 0.1 mm (helpers/README.md, "Device check").
+
+    To first order a rounding error is e ≈ κ·ε·span, with ε the relative error of one layer's arithmetic and κ
+    the network's amplification. The same fp32 sums in another order (another device, algorithm, batch or memory
+    format) give ε ≈ sqrt(K)·u_fp32 = 2^-19 for K = 2^10 terms; TF32 rounds every operand to 11 significant bits,
+    ε ≈ u_tf32 = 2^-11 whatever the order. The two regimes are 2^8 apart; the tolerance is their geometric mean,
+    2^-15·span, so it separates them for every κ within a factor 16 of their own either way."""
+    fp32_order = math.sqrt(REDUCTION_LENGTH) * FP32_UNIT_ROUNDOFF
+    return min(DEVICE_CHECK_MAX_TOLERANCE_MM, math.sqrt(fp32_order * TF32_UNIT_ROUNDOFF) * float(span_mm))
+
+
+def _cpu_reference_model(model: torch.nn.Module) -> torch.nn.Module:
+    """A CPU copy of the model in the default memory format (the caller's model is left as it is)."""
+    return copy.deepcopy(model).to("cpu", memory_format=torch.contiguous_format).eval()
+
+
+def check_device(spec, model: torch.nn.Module, crops: CropStore, test_set, bbox: np.ndarray, n: int, *,
+                 device: torch.device, flip_test: bool, channels_last: bool = True,
+                 samples: int = DEVICE_CHECK_SAMPLES, batch_size: int | None = None, precisions=("fp32",),
+                 reference_model: torch.nn.Module | None = None, cpu_threads: int | None = None) -> dict:
+    """The run's device against the CPU on `samples` of the run's own crops (spread evenly), with the run's flip
+    setting: {precision: device_check record}.
+
+    The device side runs `model` (on `device`, as the run does: its batch, its memory format) in each of
+    `precisions` ("fp32": strict; "tf32": TF32 convolutions and matmuls, for `--gpu-check`); the reference is a
+    CPU copy in strict fp32, one sample at a time in the default memory format, so a CPU run compares two
+    orders of the same arithmetic. `passed`: the mean deviation over every evaluated joint (RootNet: root) of
+    every sample is within `device_check_tolerance_mm`; the max is recorded beside it (a joint with a flat or
+    two-peaked heatmap amplifies any rounding, fp32 summation order included, far beyond the others).
+    Record: {device, reference: "cpu", precision, samples, max_abs_diff_mm, mean_abs_diff_mm,
+    max_abs_diff_heatmap, span_mm, tolerance_mm, passed}."""
+    positions = _spread_positions(n, samples)
+    width = (3,) if spec.kind == "root" else (spec.joint_num, 3)
+    f = np.asarray(test_set.f, dtype=np.float64)
+    forward = _Forward(kind=spec.kind, output_shape=tuple(spec.output_shape), normalization=spec.normalization,
+                       flip_pairs=tuple(tuple(p) for p in spec.flip_pairs), flip_test=flip_test and spec.kind == "pose",
+                       channels_last=channels_last, bbox=np.asarray(bbox, dtype=np.float64), f=f, output_width=width,
+                       input_shape=tuple(spec.input_shape))
+    threads = int(cpu_threads or torch.get_num_threads())
+    reference_model = reference_model if reference_model is not None else _cpu_reference_model(model)
+    cpu = torch.device("cpu")
+    with torch_settings("cpu", threads), torch.inference_mode():
+        reference = _BatchRunner(reference_model, dataclasses.replace(forward, channels_last=False), cpu, 1,
+                                 "fp32").run(positions, crops.take)
+    reference_mm = _outputs_to_mm(spec, reference, positions, test_set, bbox)
+    span = output_span_mm(spec, positions, test_set, bbox, reference_mm)
+    tolerance = device_check_tolerance_mm(span)
+    records = {}
+    with torch_settings(device.type, threads), torch.inference_mode():
+        runner = _BatchRunner(model, forward, device, int(batch_size or len(positions)), "fp32")
+        for precision in precisions:
+            out = runner.run(positions, crops.take, precision, recompute_nonfinite=False)
+            finite = bool(np.isfinite(out).all())
+            diff = (np.linalg.norm(_outputs_to_mm(spec, out, positions, test_set, bbox) - reference_mm, axis=-1)
+                    if finite else None)
+            records[precision] = {
+                "device": str(device), "reference": "cpu", "precision": precision, "samples": int(len(positions)),
+                "flip_test": forward.flip_test,
+                "max_abs_diff_mm": float(diff.max()) if finite else None,
+                "mean_abs_diff_mm": float(diff.mean()) if finite else None,
+                "max_abs_diff_heatmap": float(np.abs(out - reference).max()) if finite else None,
+                "span_mm": span, "tolerance_mm": tolerance,
+                "passed": bool(finite and diff.mean() <= tolerance)}
+    return records
+
+
+def device_check_failure(record: dict) -> str:
+    """One sentence on a failed device check, for warnings and errors."""
+    found = ("non-finite outputs" if record["mean_abs_diff_mm"] is None else
+             f"joints {record['mean_abs_diff_mm']:.4f} mm apart on average (max {record['max_abs_diff_mm']:.4f} mm; "
+             f"tolerance {record['tolerance_mm']:.4f} mm)")
+    return (f"the device check found {found} between {record['device']} and the CPU, both in strict fp32, on "
+            f"{record['samples']} of this run's crops: this GPU (or its driver, CUDA or cuDNN) does not reproduce "
+            "the CPU's arithmetic, so its numbers may not be the official ones")
 
 
 # ---------------------------------------------------------------- one rank
@@ -341,19 +668,22 @@ def _process_shards(rank: int, job: _Job, device: torch.device) -> dict:
                desc=f"inference rank {rank}/{job.world_size}" if job.world_size > 1 else "inference",
                disable=not job.progress or rank != 0, dynamic_ncols=True)
     images_done, peak_mb = 0, _memory_now_mb(device)
+
+    def batch_done(count: int) -> None:
+        nonlocal images_done, peak_mb
+        images_done += count
+        peak_mb = max(peak_mb, _memory_now_mb(device))
+        bar.update(count)
+
+    def read(positions, out=None):
+        return job.crops.read(int(positions[0]), int(positions[-1]) + 1, out=out)
+
     start_time = time.perf_counter()
     with torch.inference_mode():
         for index, first, end in to_compute:
-            outputs = []
             # Batches start at the shard's own start, so the batching does not depend on the world size.
-            for start in range(first, end, job.batch_size):
-                positions = np.arange(start, min(start + job.batch_size, end))
-                out = runner.run(positions, lambda p: job.crops.read(int(p[0]), int(p[-1]) + 1))
-                outputs.append(out)
-                images_done += len(positions)
-                peak_mb = max(peak_mb, _memory_now_mb(device))
-                bar.update(len(positions))
-            _write_shard(_shard_path(job.shard_dir, index), job.fingerprint, first, np.concatenate(outputs))
+            output = runner.run(np.arange(first, end), read, group_size=job.batch_size, on_batch=batch_done)
+            _write_shard(_shard_path(job.shard_dir, index), job.fingerprint, first, output)
     bar.close()
     elapsed = time.perf_counter() - start_time
     return {"rank": rank, "images": images_done, "inference_s": elapsed,
@@ -464,6 +794,48 @@ def _check_inputs(spec, test_set, image_paths, config: InferenceConfig) -> int:
     return n
 
 
+def _main_device(device_type: str) -> torch.device:
+    """The device of this process's own work (calibration, device check, GPU decoding): GPU 0 or the CPU."""
+    return torch.device("cuda", 0) if device_type == "cuda" else torch.device("cpu")
+
+
+def _device_names(device_type: str, world_size: int) -> list[str]:
+    """The hardware in the shard fingerprint: every GPU the run uses, by name, or the CPU's model name."""
+    if device_type == "cuda":
+        return [torch.cuda.get_device_name(i) for i in range(world_size)]
+    from .environment import cpu_name
+
+    return [cpu_name()]
+
+
+def _checks_on_the_device(spec, model, job: _Job, crops: CropStore, test_set, bbox, n: int, config: InferenceConfig,
+                          device: torch.device, *, tf32_ok: bool, device_check_on: bool,
+                          reference_model) -> tuple[dict, dict | None]:
+    """The precision calibration and the device check, in this process on the run's first device.
+
+    With several processes they run on a copy of the model that is dropped afterwards, and the caching allocator's
+    blocks are given back, so GPU 0 holds nothing of this process's work when the ranks start (only its CUDA
+    context). One process moves the model itself, which the rank then runs."""
+    if config.precision == "fp32" and not device_check_on:
+        return check_precision(spec, None, crops, test_set, bbox, n, config), None
+    work = copy.deepcopy(_model_on_cpu(model)) if job.world_size > 1 else model
+    with torch_settings(device.type, job.cpu_threads), torch.inference_mode():
+        work = work.to(device).eval()
+        if job.channels_last:
+            work = work.to(memory_format=torch.channels_last)
+        runner = _BatchRunner(work, job, device, job.batch_size, config.precision)
+        precision_check = check_precision(spec, runner if config.precision != "fp32" else None, crops, test_set, bbox,
+                                          n, config, tf32_ok)
+        device_check = None
+        if device_check_on:
+            device_check = check_device(spec, work, crops, test_set, bbox, n, device=device, flip_test=job.flip_test,
+                                        channels_last=job.channels_last, samples=config.device_check_samples,
+                                        batch_size=job.batch_size, reference_model=reference_model,
+                                        cpu_threads=job.cpu_threads)["fp32"]
+    del runner, work
+    return precision_check, device_check
+
+
 def run_inference(model_spec, checkpoint_or_model, test_set, image_paths: Sequence[str | os.PathLike],
                   config: InferenceConfig | None = None) -> dict:
     """Run a model over `test_set` and write `config.out_dir/predictions.npz` (see the module docstring).
@@ -471,15 +843,16 @@ def run_inference(model_spec, checkpoint_or_model, test_set, image_paths: Sequen
     model_spec: a `ModelSpec` or a model id. checkpoint_or_model: a checkpoint path (or state dict) loaded
         strictly with `helpers.models.load_checkpoint`, an `nn.Module` (its class must be importable when
         world_size > 1), or None for random weights (demo runs only).
-    test_set: an `h36m.TestSet` (uses image_id, bbox, f, c, and root_cam for the precision check).
+    test_set: an `h36m.TestSet` (uses image_id, bbox, f, c, and root_cam for the precision and device checks).
     image_paths: one JPEG path per sample, e.g. `h36m.resolve_image_paths(test_set, root)`.
     A model run in this process (world_size 1) is moved to the device in place and put in eval mode.
 
     Returns a dict: `predictions_path`, `predictions` (the arrays written), `num_samples`, `timing`
     {inference_s, images, images_per_s, images_decoded, wall_s}, `peak_memory_mb` and `memory_kind` ("rss" on
-    CPU, "cuda_max_allocated" on CUDA), `settings` (result.json block, incl. precision and batch_size_used),
-    `precision_check`, `crop_cache` {key, hits, misses, decode}, `decode_check`, `shards` {total, computed,
-    reused}, `fingerprint`, `model_sha256`, `checkpoint` (loader info), `rank_stats`.
+    CPU, "cuda_max_allocated" on CUDA), `settings` (result.json block, incl. precision, batch_size_used, tf32,
+    cudnn_benchmark, cudnn_deterministic), `precision_check`, `device_check` (None when off), `crop_check`,
+    `crop_cache` {key, hits, misses, decode}, `decode_check`, `shards` {total, computed, reused}, `fingerprint`,
+    `model_sha256`, `checkpoint` (loader info), `rank_stats`.
     """
     from .models import get_spec
 
@@ -488,6 +861,7 @@ def run_inference(model_spec, checkpoint_or_model, test_set, image_paths: Sequen
     wall_start = time.perf_counter()
     n = _check_inputs(spec, test_set, image_paths, config)
     device_type = _resolve_device(config.device)
+    device_check_on = device_check_enabled(config.device_check, device_type)
     world_size = int(config.world_size or (torch.cuda.device_count() if device_type == "cuda" else 1))
     if world_size < 1:
         raise ValueError(f"world_size must be >= 1; got {world_size}")
@@ -498,7 +872,7 @@ def run_inference(model_spec, checkpoint_or_model, test_set, image_paths: Sequen
         check_cuda_devices(world_size)
     flip_test = bool(config.flip_test and spec.kind == "pose")  # RootNet's official test has no flip test
     cpu_threads = int(config.cpu_threads or max(1, torch.get_num_threads() // world_size))
-    main_device = torch.device("cuda", 0) if device_type == "cuda" else torch.device("cpu")
+    main_device = _main_device(device_type)
 
     model, checkpoint_info = _resolve_model(spec, checkpoint_or_model)
     image_id = np.asarray(test_set.image_id[:n], dtype=np.int64)
@@ -516,6 +890,11 @@ def run_inference(model_spec, checkpoint_or_model, test_set, image_paths: Sequen
         crops = ensure_crops(paths, bbox, spec.input_shape, cache_dir=cache_dir, rule=config.crop_rule,
                              decode=config.decode, device=main_device, num_workers=int(config.num_workers),
                              progress=bool(config.progress))
+    crop_check = check_crops(paths, bbox, spec.input_shape, crops.take, count=int(config.crop_check_images))
+    if crop_check_failed(crop_check):
+        _note(f"WARNING: the crop check found crops that differ from OpenCV 4.x's official crop (max "
+              f"{crop_check['max_abs_diff']} grey levels; decode identical: {crop_check['decode_identical']}); "
+              "recorded in crop_check")
 
     weights_sha = model_sha256(model)
     width = (3,) if spec.kind == "root" else (spec.joint_num, 3)
@@ -524,17 +903,25 @@ def run_inference(model_spec, checkpoint_or_model, test_set, image_paths: Sequen
                shard_dir="", fingerprint="", batch_size=int(config.batch_size), flip_test=flip_test,
                precision=config.precision, channels_last=bool(config.channels_last), device_type=device_type,
                world_size=world_size, cpu_threads=cpu_threads, seed=int(config.seed), progress=bool(config.progress),
-               output_width=width)
-    if config.precision == "fp32":
-        precision_check = check_precision(spec, None, crops, test_set, bbox, n, config)
-    else:  # compare with fp32 on this run's own crops, on the first device
-        with torch_settings(device_type, cpu_threads), torch.inference_mode():
-            calib_model = model.to(main_device).eval()
-            if config.channels_last:
-                calib_model = calib_model.to(memory_format=torch.channels_last)
-            runner = _BatchRunner(calib_model, job, main_device, config.batch_size, config.precision)
-            precision_check = check_precision(spec, runner, crops, test_set, bbox, n, config)
+               output_width=width, input_shape=tuple(spec.input_shape))
+    tf32_ok = tf32_available(device_type, range(world_size))
+    reference_model = _cpu_reference_model(model) if device_check_on else None  # before the model moves
+    precision_check, device_check = _checks_on_the_device(
+        spec, model, job, crops, test_set, bbox, n, config, main_device, tf32_ok=tf32_ok,
+        device_check_on=device_check_on, reference_model=reference_model)
+    del reference_model
+    release_cached_memory(main_device)  # calibration, device check and GPU decoding leave GPU 0 empty
+    if device_check is not None and not device_check["passed"]:
+        message = device_check_failure(device_check)
+        if config.device_check == "strict":
+            raise DeviceCheckError(f"{message}. DEVICE_CHECK = \"strict\" stops the run here; set DEVICE_CHECK = "
+                                   "True to run anyway (the result records the failed check), or run on another "
+                                   "GPU or on the CPU.")
+        _note(f"WARNING: {message}; recorded in device_check")
     precision = precision_check["used"]
+    with torch_settings(device_type, cpu_threads), _tf32(precision == "tf32"):
+        numerics_used = numerics_settings()  # what the forward passes run with
+    numerics_used["tf32"] = bool(numerics_used["tf32"] and tf32_ok)
 
     numerics = {  # everything that can change a predicted number; world_size and threads deliberately not
         "version": _FINGERPRINT_VERSION, "model_sha256": weights_sha, "model_id": spec.model_id, "kind": spec.kind,
@@ -544,6 +931,8 @@ def run_inference(model_spec, checkpoint_or_model, test_set, image_paths: Sequen
         "channels_last": bool(config.channels_last), "device": device_type, "crops": crops.key,
         "batch_size": int(config.batch_size), "shard_size": int(config.shard_size),
         "samples_sha256": _array_sha(image_id, bbox, f),
+        # Another GPU kind, or TF32 / cuDNN autotuning, can change the last bits: never mix their shards.
+        "device_names": _device_names(device_type, world_size), **numerics_used,
     }
     fingerprint = hashlib.sha256(json.dumps(numerics, sort_keys=True).encode()).hexdigest()
 
@@ -592,8 +981,11 @@ def run_inference(model_spec, checkpoint_or_model, test_set, image_paths: Sequen
                      "device": device_type, "world_size": world_size, "flip_test": flip_test,
                      "max_samples": config.max_samples, "channels_last": bool(config.channels_last),
                      "num_workers": int(config.num_workers), "shard_size": int(config.shard_size),
-                     "decode": config.decode, "cpu_threads": cpu_threads, "seed": int(config.seed)},
+                     "decode": config.decode, "cpu_threads": cpu_threads, "seed": int(config.seed),
+                     **numerics_used, "device_check": config.device_check},
         "precision_check": precision_check,
+        "device_check": device_check,
+        "crop_check": crop_check,
         "crop_cache": crops.summary(),
         "decode_check": crops.decode_check,
         "shards": {"total": len(shards), "reused": len(reuse), "computed": len(shards) - len(reuse)},
@@ -625,22 +1017,6 @@ def _predictions_arrays(spec, output, image_id, bbox, test_set, n, flip_test, pr
     root_cam = root_output_to_camera(output, bbox, np.asarray(test_set.f[:n], dtype=np.float64),
                                      np.asarray(test_set.c[:n], dtype=np.float64), spec.output_shape)
     return {"image_id": image_id, "root_output": output, "root_cam": root_cam, **common}
-
-
-@contextlib.contextmanager
-def torch_settings(device_type: str, cpu_threads: int):
-    """Threads and cuDNN autotuning for a run, restored afterwards (a notebook session keeps its settings).
-
-    cuDNN benchmark mode suits the engine's fixed input size. TF32 is left at torch's defaults (T4 has no
-    TF32 anyway; torch refuses to read its TF32 flags once they were set through both of its two APIs)."""
-    threads, benchmark = torch.get_num_threads(), torch.backends.cudnn.benchmark
-    torch.set_num_threads(cpu_threads)
-    torch.backends.cudnn.benchmark = device_type == "cuda"
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-        torch.backends.cudnn.benchmark = benchmark
 
 
 def _run_in_this_process(job: _Job) -> dict:

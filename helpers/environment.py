@@ -90,6 +90,18 @@ def _arch_supported(capability: tuple[int, int], arch_list: list[str]) -> bool:
     return False
 
 
+def cpu_name() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo), else what `platform` knows."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
 def _version(module_name: str) -> str | None:
     try:
         module = __import__(module_name)
@@ -116,6 +128,7 @@ def environment_report() -> dict:
             "memory_gb": round(props.total_memory / 1024**3, 2),
             "capability": f"sm_{capability[0]}{capability[1]}",
             "supported": supported,
+            "tf32": capability >= (8, 0),  # TF32 tensor cores: Ampere (sm_80) and newer
         })
         if not supported:
             warnings.append(
@@ -161,7 +174,8 @@ def environment_frame(report: dict) -> pd.DataFrame:
         rows.append(("torch_arch_list", " ".join(report["torch_arch_list"])))
     for gpu in report.get("gpus", []):
         state = "supported" if gpu["supported"] else "NOT SUPPORTED by this torch build"
-        rows.append((f"gpu {gpu['index']}", f"{gpu['name']}, {gpu['memory_gb']} GB, {gpu['capability']}, {state}"))
+        tf32 = {True: ", TF32", False: ", no TF32"}.get(gpu.get("tf32"), "")
+        rows.append((f"gpu {gpu['index']}", f"{gpu['name']}, {gpu['memory_gb']} GB, {gpu['capability']}{tf32}, {state}"))
     for i, warning in enumerate(report.get("warnings", []), 1):
         rows.append((f"WARNING {i}", warning))
     return pd.DataFrame(rows, columns=["item", "value"]).set_index("item")

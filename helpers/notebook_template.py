@@ -117,9 +117,12 @@ def model_notebook(family) -> nbformat.NotebookNode:
         md("## Checkpoint\nWhat was loaded: file, format, sha256, epoch, key remaps and parameter counts."),
         code("run.checkpoint_summary()"),
         md("## Inference\nThe official uint8 crops are decoded and cropped once per crop rule and cached, so later "
-           "models reuse them. Then batched, " + ("" if root else "flip-tested, ") + "fp32 inference (PRECISION "
-           "fp16/bf16 is checked against fp32 first and recorded), resumable: finished shards are reused when the "
-           "same run is repeated. Writes `predictions.npz`."),
+           "models reuse them; where OpenCV 4.x is installed, 8 of them are compared with its official crop "
+           "(`crop_check`). On a GPU, 8 crops first go through the model on the GPU and on the CPU, both in strict "
+           "fp32 (`device_check`; DEVICE_CHECK). Then batched, " + ("" if root else "flip-tested, ") + "strict fp32 "
+           "inference (TF32 off; PRECISION tf32/fp16/bf16 is checked against fp32 first and recorded), resumable: "
+           "finished shards are reused when the same run is repeated. A failed check prints a WARNING here and is "
+           "marked in the report. Writes `predictions.npz`."),
         code("run.infer()"),
         md("## Evaluation\n" + ("MRPE against the ground-truth Pelvis, per action (mm)." if root else
                                 "Per-action errors (mm): MPJPE, PA-MPJPE with rigid and with similarity alignment, and "

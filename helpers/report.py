@@ -138,6 +138,84 @@ def write_csv(frame: pd.DataFrame, path: str | os.PathLike, float_format: str = 
     return write_text(path, frame.to_csv(float_format=float_format))
 
 
+# ---------------------------------------------------------------------------------------------- verification
+VERIFICATION_EXPLAINED = {
+    "precision": "the arithmetic of the forward passes. fp32 is the official setting; \"TF32 off\" means strict fp32 "
+                 "(PyTorch otherwise rounds convolution inputs to a 10-bit mantissa on Ampere and newer GPUs), "
+                 "\"TF32 on\" that `PRECISION = \"tf32\"` was asked for; tf32/fp16/bf16 were first compared with "
+                 "fp32 on the run's own crops.",
+    "device": "before the run, 8 of its crops went through the model on its device and on the CPU, both in strict "
+              "fp32: ✓ means the joints agreed on average within a tolerance derived from float32 arithmetic (at most "
+              "0.1 mm), so that GPU reproduces the CPU's arithmetic; – means the check did not run (CPU runs by "
+              "default).",
+    "crop": "8 of its images were decoded and cropped by OpenCV 4.x exactly as the official code does: ✓ means "
+            "identical pixels, – that OpenCV 4.x was not available.",
+    "decode": "the JPEG decoder: cpu is identical to `cv2.imread` on Human3.6M; nvjpeg was compared with the CPU "
+              "decoder on the run's own images.",
+}
+VERIFICATION_MARKS = "✗ marks a failed check; ? a result written before the check existed."
+
+
+def _device_word(check) -> str:
+    if check is None:
+        return "device –"
+    if check.get("passed"):
+        return "device ✓"
+    found = "NaN" if check.get("mean_abs_diff_mm") is None else f"{check['mean_abs_diff_mm']:.3g} mm"
+    return f"device ✗ ({found} > {check.get('tolerance_mm', float('nan')):.3g} mm)"
+
+
+def _crop_word(check) -> str:
+    if check is None:
+        return "crop ?"
+    if check.get("skipped"):
+        return "crop –"
+    if check.get("decode_identical") and check.get("crop_identical"):
+        return "crop ✓"
+    return f"crop ✗ (max {check.get('max_abs_diff')})"
+
+
+def _decode_word(settings: dict, check) -> str:
+    decoder = settings.get("decode")
+    if decoder != "gpu":
+        return f"decode {decoder or '?'}"
+    if check is None:
+        return "decode nvjpeg"
+    return "decode nvjpeg ✓" if check.get("identical") else f"decode nvjpeg ✗ (max {check.get('max_abs_diff_crop')})"
+
+
+def verification_label(result: dict) -> str:
+    """One short cell: precision, TF32, device check, crop check and decoder of a result (VERIFICATION_EXPLAINED)."""
+    settings = result.get("settings") or {}
+    precision = settings.get("precision") or ("fp16" if settings.get("amp") else "?")
+    tf32 = {True: "TF32 on", False: "TF32 off"}.get(settings.get("tf32"), "TF32 ?")
+    device = _device_word(result.get("device_check")) if "device_check" in result else "device ?"
+    return " · ".join([precision, tf32, device, _crop_word(result.get("crop_check")),
+                       _decode_word(settings, result.get("decode_check"))])
+
+
+def verification_problems(result: dict) -> list[str]:
+    """Sentences on the checks a result (or `engine.run_inference`'s dict) failed: device, crop, decoder."""
+    problems = []
+    device = result.get("device_check")
+    if device and not device.get("passed"):
+        found = ("non-finite outputs" if device.get("mean_abs_diff_mm") is None else
+                 f"{device['mean_abs_diff_mm']:.4f} mm on average (max {device['max_abs_diff_mm']:.4f} mm; tolerance "
+                 f"{device['tolerance_mm']:.4f} mm)")
+        problems.append(f"device check FAILED: {device.get('device')} and the CPU, both in strict fp32, differ by "
+                        f"{found} on {device.get('samples')} crops; this GPU's numbers may not be the official ones")
+    crop = result.get("crop_check")
+    if crop and not crop.get("skipped") and not (crop.get("decode_identical") and crop.get("crop_identical")):
+        problems.append(f"crop check FAILED: the crops differ from OpenCV {crop.get('opencv')}'s official crop (max "
+                        f"{crop.get('max_abs_diff')} grey levels; decoding identical to cv2.imread: "
+                        f"{crop.get('decode_identical')})")
+    decode = result.get("decode_check")
+    if decode and not decode.get("identical"):
+        problems.append(f"JPEGs were decoded with {decode.get('decoder')}, which differs from the CPU decoder (max "
+                        f"{decode.get('max_abs_diff_crop')} grey levels in the crops)")
+    return problems
+
+
 # ---------------------------------------------------------------------------------------- paper comparison
 def grade_delta(delta_mm: float) -> str:
     """|measured − paper| < 1 mm excellent, < 2 very good, < 5 acceptable, else investigate."""

@@ -11,6 +11,7 @@ import jsonschema
 
 from .protocol import ACTION_NAMES, EVAL_JOINT_NAMES, HEADLINE_METRICS, POSE_METRICS
 
+PRECISION_NAMES = ("fp32", "tf32", "fp16", "bf16")  # engine.PRECISIONS' names (the schema does not import torch)
 _NUMBER = {"type": "number"}
 _NONNEG = {"type": "number", "minimum": 0}
 _COUNT = {"type": "integer", "minimum": 0}
@@ -107,20 +108,42 @@ RESULT_SCHEMA: dict = {
         "environment": {"type": "object"},
         "timing": {"type": "object", "additionalProperties": {"type": ["number", "null"]}},
         "settings": {"type": "object",
-                     "properties": {"precision": {"enum": ["fp32", "fp16", "bf16"]},
+                     "properties": {"precision": {"enum": list(PRECISION_NAMES)},
                                     "batch_size": {"type": "integer", "minimum": 1},
-                                    "batch_size_used": {"type": "integer", "minimum": 1}}},
+                                    "batch_size_used": {"type": "integer", "minimum": 1},
+                                    # optional: absent in results written before strict fp32 was recorded
+                                    "tf32": {"type": "boolean"}, "cudnn_benchmark": {"type": "boolean"},
+                                    "cudnn_deterministic": {"type": "boolean"},
+                                    "device_check": {"enum": ["auto", "strict", True, False]}}},
         "precision_check": {
             "type": "object",
             "required": ["requested", "used", "samples", "max_abs_diff_heatmap", "max_abs_diff_mm", "mean_abs_diff_mm",
                          "nonfinite_batches", "fell_back"],
-            "properties": {"requested": {"enum": ["fp32", "fp16", "bf16"]}, "used": {"enum": ["fp32", "fp16", "bf16"]},
+            "properties": {"requested": {"enum": list(PRECISION_NAMES)}, "used": {"enum": list(PRECISION_NAMES)},
                            "samples": {"type": "integer", "minimum": 0},
                            "max_abs_diff_heatmap": {"type": ["number", "null"], "minimum": 0},
                            "max_abs_diff_mm": {"type": ["number", "null"], "minimum": 0},
                            "mean_abs_diff_mm": {"type": ["number", "null"], "minimum": 0},
                            "nonfinite_batches": {"type": "integer", "minimum": 0},
                            "fell_back": {"type": "boolean"}}},
+        "device_check": {
+            "type": ["object", "null"],
+            "required": ["device", "reference", "samples", "max_abs_diff_mm", "mean_abs_diff_mm", "tolerance_mm",
+                         "passed"],
+            "properties": {"device": {"type": "string"}, "reference": {"const": "cpu"},
+                           "samples": {"type": "integer", "minimum": 1},
+                           "max_abs_diff_mm": {"type": ["number", "null"], "minimum": 0},
+                           "mean_abs_diff_mm": {"type": ["number", "null"], "minimum": 0},
+                           "tolerance_mm": {"type": "number", "exclusiveMinimum": 0, "maximum": 0.1},
+                           "passed": {"type": "boolean"}}},
+        "crop_check": {
+            "type": "object",
+            "required": ["opencv", "images", "decode_identical", "crop_identical", "max_abs_diff", "skipped"],
+            "properties": {"opencv": {"type": ["string", "null"]}, "images": {"type": "integer", "minimum": 0},
+                           "decode_identical": {"type": ["boolean", "null"]},
+                           "crop_identical": {"type": ["boolean", "null"]},
+                           "max_abs_diff": {"type": ["integer", "null"], "minimum": 0},
+                           "skipped": {"type": ["string", "null"]}}},
         "crop_cache": {"type": "object", "required": ["key", "hits", "misses"],
                        "properties": {"key": {"type": "string"}, "hits": {"type": "integer", "minimum": 0},
                                       "misses": {"type": "integer", "minimum": 0}}},

@@ -112,9 +112,11 @@ def run_blocks(spec, *, checkpoint_info: dict, checkpoint_path, checkpoint_sourc
         settings.setdefault(key, getattr(params, key, None))
     blocks = {"model": model_block, "weights": weights, "checkpoint": checkpoint, "environment": environment,
               "settings": settings}
-    for key in ("precision_check", "crop_cache", "decode_check"):  # what the engine measured
+    for key in ("precision_check", "crop_check", "crop_cache", "decode_check"):  # what the engine measured
         if inference.get(key) is not None:
             blocks[key] = inference[key]
+    if "device_check" in inference:  # null: the check was off (a CPU run's "auto"); absent: an older result
+        blocks["device_check"] = inference["device_check"]
     if snapshot is not None:
         blocks["snapshot"] = dict(snapshot)
     return blocks

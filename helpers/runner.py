@@ -93,6 +93,15 @@ def _demo_mode(value) -> str | bool:
     raise ConfigError(f"DEMO must be \"auto\", True or False, got {value!r}")
 
 
+def _device_check_mode(value) -> str | bool:
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    text = str(value).strip().lower()
+    if text in ("auto", "strict", "true", "false"):
+        return {"auto": "auto", "strict": "strict", "true": True, "false": False}[text]
+    raise ConfigError(f"DEVICE_CHECK must be \"auto\", True, False or \"strict\", got {value!r}")
+
+
 def _optional_path(value) -> str | None:
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
@@ -132,8 +141,10 @@ class RunParams:
                                               "RootNet's)")
     flip_test: bool = _param(True, "average with the horizontally flipped crop{flip_note}")
     batch_size: int | None = _param(None, "None: the model's default")
-    precision: str = _param("fp32", "\"fp32\": the official setting; \"fp16\"/\"bf16\": faster, checked against "
-                                    "fp32 first (recorded)")
+    precision: str = _param("fp32", "\"fp32\": the official setting, strict (TF32 off); \"tf32\"/\"fp16\"/\"bf16\": "
+                                    "faster, checked against fp32 first (recorded)")
+    device_check: str | bool = _param("auto", "\"auto\": compare the GPU with the CPU on 8 crops first (strict fp32, "
+                                              "recorded); True: also on a CPU; False: off; \"strict\": stop if it fails")
     decode: str = _param("cpu", "\"cpu\": exact JPEG decoding; \"gpu\": nvjpeg on CUDA, compared with the CPU "
                                 "decoder (recorded)")
     device: str = _param("auto", "\"auto\" | \"cpu\" | \"cuda\"")
@@ -169,6 +180,7 @@ class RunParams:
         self.world_size = _positive_int_or_none("WORLD_SIZE", self.world_size)
         self.image_limit = _positive_int_or_none("IMAGE_LIMIT", self.image_limit)
         self.demo = _demo_mode(self.demo)
+        self.device_check = _device_check_mode(self.device_check)
         if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
             raise ConfigError(f"SEED must be a non-negative integer, got {self.seed!r}")
         self.seed = int(self.seed)
@@ -402,7 +414,7 @@ class Run:
             # The GPU defaults hold 2x64 flipped crops and their 64^3 heatmaps: gigabytes on a CPU.
             batch_size = p.batch_size or min(batch_size, CPU_DEFAULT_BATCH_SIZE)
         return InferenceConfig(
-            batch_size=batch_size, precision=p.precision, decode=p.decode, device=p.device,
+            batch_size=batch_size, precision=p.precision, device_check=p.device_check, decode=p.decode, device=p.device,
             world_size=p.world_size, flip_test=p.flip_test, out_dir=self.output_dir, seed=p.seed,
             cache_dir=self.cache_dir, crop_rule=self.crop_rule())
 
@@ -441,9 +453,18 @@ class Run:
                                        self.inference_config())
         inference = self.inference
         check = inference["precision_check"]
-        precision = inference["settings"]["precision"]
+        settings = inference["settings"]
+        precision = settings["precision"]
+        from .report import verification_problems
+
+        for problem in verification_problems(inference):
+            print(f"WARNING: {problem}")
         rows = {"precision": precision if precision == "fp32" else f"{precision} (not the official fp32)",
                 **{f"precision check: {k}": v for k, v in check.items() if k != "used" and check["requested"] != "fp32"},
+                "TF32 / cudnn.benchmark / cudnn.deterministic": (settings.get("tf32"), settings.get("cudnn_benchmark"),
+                                                                 settings.get("cudnn_deterministic")),
+                **{f"device check: {k}": v for k, v in (inference.get("device_check") or {"run": False}).items()},
+                **{f"crop check: {k}": v for k, v in (inference.get("crop_check") or {}).items()},
                 **inference["timing"], **{f"crop cache {k}": v for k, v in inference["crop_cache"].items()},
                 "batch size (requested, used)": (inference["settings"]["batch_size"],
                                                  inference["settings"]["batch_size_used"]),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -127,6 +128,17 @@ def test_gpu_check_model_on_cpu(demo_data, tmp_path):
     assert {"max_abs_diff_mm", "mean_abs_diff_mm", "fell_back", "used", "samples"} <= set(check)
     assert check["samples"] == 4
     assert m["protocol2_projection_s"] == pytest.approx(8695 / m["pipeline"]["fp32"]["images_per_s"])
+    # cudnn.benchmark off (the strict default) and on, for the fp32 forward alone
+    autotune = m["cudnn_benchmark"]
+    assert autotune["off_images_per_s"] == m["forward"]["fp32"]["images_per_s"] and autotune["on_images_per_s"] > 0
+    assert autotune["on_over_off"] == pytest.approx(autotune["on_images_per_s"] / autotune["off_images_per_s"])
+    # the device against the CPU in strict fp32 and with TF32 (a CPU has none: the tf32 side is strict fp32 too)
+    deviation = m["device_vs_cpu"]
+    assert deviation["tf32_supported"] is False
+    for p in ("fp32", "tf32"):
+        d = deviation[p]
+        assert d["precision"] == p and d["device"] == "cpu" and d["reference"] == "cpu" and d["samples"] == 4
+        assert d["passed"] is True and 0 < d["tolerance_mm"] <= 0.1
 
 
 def test_protocol2_projection_two_gpus():
@@ -143,13 +155,75 @@ def test_run_gpu_check_on_cpu(demo, tmp_path):
     report = benchmark.run_gpu_check([TINY], device="cpu", data_dir=demo, images=2, batch_size=2, iters=1,
                                      precisions=("fp32", "bf16"), num_workers=0)
     assert report["kind"] == "gpu_check" and report["skipped"] == []
+    assert "needs two or more GPUs" in report["one_vs_two_processes"]["skipped"]
     assert report["crop_identity"]["identical"] is True
     assert report["jpeg_decoding"]["identical"] is True
     assert [m["model_id"] for m in report["models"]] == [TINY]
     assert report["projection"]["per_model_s"][TINY] > 0
     json.dumps(report, allow_nan=False)  # JSON-ready
-    assert list(benchmark.format_gpu_check(report).columns) == [TINY]
-    assert "identical True" in benchmark._gpu_check_summary(report)
+    table = benchmark.format_gpu_check(report)
+    assert list(table.columns) == [TINY]
+    assert {"forward fp32, cudnn.benchmark on (images/s)", "device vs CPU, fp32: max mm (tolerance)",
+            "device vs CPU, tf32: max mm (tolerance)", "TF32 on this GPU", "pipeline / forward fp32"} <= set(table.index)
+    summary = benchmark._gpu_check_summary(report)
+    assert "identical True" in summary and "1 vs 2 processes: skipped" in summary
+
+
+@pytest.mark.parametrize("differ", [False, True])
+def test_one_vs_two_processes_compares_the_predictions(demo_data, tmp_path, monkeypatch, differ):
+    """The logic of the multi-GPU comparison, with run_inference mocked (the real 1- vs 2-process equality is
+    tested in test_engine.py): the 2-process run goes first, shards of one batch, predictions compared exactly."""
+    test_set, paths = demo_data
+    calls = []
+
+    def fake_run(spec, model, test_set, paths, config):
+        calls.append((config.world_size, config.shard_size, config.batch_size, config.max_samples,
+                      {p.device.type for p in model.parameters()}))
+        coords = np.zeros((config.max_samples, spec.joint_num, 3), np.float32)
+        if differ and config.world_size == 2:
+            coords[1, 2, 0] = 1e-6
+        return {"predictions": {"coords": coords}, "timing": {"images_per_s": 10.0 * config.world_size}}
+
+    monkeypatch.setattr(benchmark, "run_inference", fake_run)
+    record = benchmark.multi_process_check(TINY, test_set, paths, device_type="cuda", cache_dir=tmp_path,
+                                           out_dir=tmp_path, images=8, batch_size=2, num_workers=0)
+    assert [c[0] for c in calls] == [2, 1] and all(c[1] == c[2] == 2 and c[3] == 8 for c in calls)
+    assert calls[0][4] == {"cpu"}  # the model reaches the processes from the CPU
+    assert record["identical"] is (not differ) and record["shards"] == 4 and record["world_sizes"] == [1, 2]
+    assert record["max_abs_diff"] == pytest.approx(1e-6 if differ else 0.0)
+    assert record["images_per_s"] == {"1": 10.0, "2": 20.0}
+
+
+def test_gpu_check_runs_the_process_comparison_with_two_gpus(demo, monkeypatch):
+    seen = {}
+
+    def fake_multi(model_id, test_set, paths, **kwargs):
+        seen.update(model_id=model_id, device_type=kwargs["device_type"], samples=len(paths))
+        return {"model_id": model_id, "images": 2, "identical": True, "max_abs_diff": 0.0}
+
+    def fake_model(model_id, *args, **kwargs):
+        return {"model_id": model_id, "protocol2_projection_s": 1.0, "crop_cache_build": {"images_per_s": None}}
+
+    # A CUDA machine with two GPUs, as far as run_gpu_check asks; the measurements themselves are stubbed.
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(benchmark, "_torch_device", lambda d: torch.device("cuda", 0))
+    monkeypatch.setattr(benchmark, "check_cuda_devices", lambda n: None)
+    monkeypatch.setattr(benchmark, "environment_info", lambda device_type: {"device": device_type})
+    monkeypatch.setattr(benchmark, "crop_identity_check", lambda *a, **k: {})
+    monkeypatch.setattr(benchmark, "decode_check", lambda *a, **k: {})
+    monkeypatch.setattr(benchmark, "gpu_check_model", fake_model)
+    monkeypatch.setattr(benchmark, "multi_process_check", fake_multi)
+    report = benchmark.run_gpu_check([TINY], device="cuda", data_dir=demo, images=2, batch_size=2, iters=1,
+                                     num_workers=0)
+    assert seen == {"model_id": TINY, "device_type": "cuda", "samples": 239}
+    assert report["one_vs_two_processes"]["identical"] is True
+    summary = benchmark._gpu_check_summary(report | {"crop_identity": CROP, "jpeg_decoding": DEC})
+    assert f"1 vs 2 processes ({TINY}, 2 images): identical True" in summary
+
+
+CROP = {"images_compared": 1, "max_abs_diff": 0, "identical": True}
+DEC = {"decoder": "nvjpeg", "max_abs_diff_pixels": 0, "max_abs_diff_crop": 0, "identical": True,
+       "device_images_per_s": 1.0, "cpu_images_per_s": 1.0}
 
 
 def test_gpu_check_default_models_cover_pose_and_rootnet():

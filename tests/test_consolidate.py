@@ -182,8 +182,37 @@ def test_each_row_shows_its_precision_and_reduced_precision_is_marked_unofficial
     assert board.loc["cnp_fp16", "precision"] == "fp16 (not official; ≤0.43 mm vs fp32)"
     assert board.loc["posenet_amp", "precision"] == "fp16 (not official)"
     text = out.files["report"].read_text()
-    assert "**Reduced precision:** `cnp_fp16`, `posenet_amp` ran in fp16/bf16" in text
+    assert "**Reduced precision:** `cnp_fp16`, `posenet_amp` ran in tf32/fp16/bf16" in text
     assert "fp16 (not official; ≤0.43 mm vs fp32)" in text
+
+
+def test_each_row_says_what_it_was_verified_with_and_failed_checks_warn(tmp_path):
+    root = tmp_path / "res"
+    checked = make_result(model_id="convnextpose_M", base=51.0)
+    checked["settings"].update(tf32=False, cudnn_benchmark=False, cudnn_deterministic=True, decode="cpu")
+    checked["device_check"] = {"device": "cuda:0", "reference": "cpu", "samples": 8, "max_abs_diff_mm": 0.02,
+                               "mean_abs_diff_mm": 0.001, "tolerance_mm": 0.078, "passed": True}
+    checked["crop_check"] = {"opencv": "4.10.0", "images": 8, "decode_identical": True, "crop_identical": True,
+                             "max_abs_diff": 0, "skipped": None}
+    _put(root, "checked", checked)
+    failed = make_result(model_id="convnextpose_L", base=50.0)
+    failed["settings"].update(tf32=False, decode="gpu")
+    failed["device_check"] = dict(checked["device_check"], mean_abs_diff_mm=2.5, max_abs_diff_mm=40.0, passed=False)
+    failed["crop_check"] = {"opencv": None, "images": 0, "decode_identical": None, "crop_identical": None,
+                            "max_abs_diff": None, "skipped": "OpenCV (cv2) is not importable"}
+    failed["decode_check"] = {"decoder": "nvjpeg", "images_compared": 8, "max_abs_diff_pixels": 3,
+                              "max_abs_diff_crop": 2, "identical": False}
+    _put(root, "failed", failed)
+    _put(root, "old", make_result(model_id="posenet", base=54.0))  # written before the checks existed
+    out = cons.consolidate(root, tmp_path / "report")
+    board = out.leaderboard.set_index("result")
+    assert board.loc["checked", "verified"] == "fp32 · TF32 off · device ✓ · crop ✓ · decode cpu"
+    assert board.loc["failed", "verified"] == "fp32 · TF32 off · device ✗ (2.5 mm > 0.078 mm) · crop – · decode nvjpeg ✗ (max 2)"
+    assert board.loc["old", "verified"].startswith("fp32 · TF32 ? · device ? · crop ?")
+    text = out.files["report"].read_text()
+    assert "**⚠ Failed checks:** `failed`: device check FAILED" in text and "nvjpeg" in text
+    assert "## How each row was verified" in text and "**device**" in text and "**crop**" in text
+    assert "device ✗ (2.5 mm > 0.078 mm)" in text  # the leaderboard table in the report carries the column
 
 
 def _put_with_samples(root, name, result, errors) -> None:

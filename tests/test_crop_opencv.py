@@ -1,7 +1,8 @@
 """The crop equals the official one, OpenCV 4.x `warpAffine` on uint8, with zero differing values.
 
-The reference is the official code path, written out here: `cv2.getAffineTransform` from the three float32
-box points, `cv2.warpAffine(..., flags=cv2.INTER_LINEAR)` (constant-0 border) on the BGR image, then RGB.
+The reference is the official code path (`helpers.crop_check.official_crop`, which the run-time crop check uses
+too): `cv2.getAffineTransform` from the three float32 box points, `cv2.warpAffine(..., flags=cv2.INTER_LINEAR)`
+(constant-0 border) on the BGR image, then RGB.
 Images: generated JPEGs (both real Human3.6M frame sizes) and a real photograph that nobody here made
 (matplotlib's bundled `grace_hopper.jpg`).
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import cv2
 import matplotlib
@@ -17,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import images, pipeline
+from helpers import crop_cache, crop_check, images, pipeline
 from helpers.__main__ import main as helpers_main
 from helpers.pipeline import crop_images, flip_images, pad_batch
 
@@ -32,20 +34,9 @@ def test_the_reference_is_opencv_4():
 
 
 def official_crop(bgr: np.ndarray, box, out_hw) -> np.ndarray:
-    """The official 3DMPPE/Integral crop of a BGR uint8 image, returned as RGB (H, W, 3) uint8."""
-    out_h, out_w = out_hw
-    centre = np.array([float(box[0] + 0.5 * box[2]), float(box[1] + 0.5 * box[3])], dtype=np.float32)
-    src = np.zeros((3, 2), np.float32)
-    src[0] = centre
-    src[1] = centre + np.array([0, box[3] * 0.5], dtype=np.float32)
-    src[2] = centre + np.array([box[2] * 0.5, 0], dtype=np.float32)
-    dst_centre = np.array([out_w * 0.5, out_h * 0.5], dtype=np.float32)
-    dst = np.zeros((3, 2), np.float32)
-    dst[0] = dst_centre
-    dst[1] = dst_centre + np.array([0, out_h * 0.5], dtype=np.float32)
-    dst[2] = dst_centre + np.array([out_w * 0.5, 0], dtype=np.float32)
-    trans = cv2.getAffineTransform(np.float32(src), np.float32(dst))
-    return cv2.warpAffine(bgr, trans, (int(out_w), int(out_h)), flags=cv2.INTER_LINEAR)[:, :, ::-1]
+    """The official 3DMPPE/Integral crop of a BGR uint8 image, returned as RGB (H, W, 3) uint8 (the run-time crop
+    check's reference, `crop_check.official_crop`, which calls OpenCV as the official code does)."""
+    return crop_check.official_crop(cv2, bgr, box, out_hw)
 
 
 def boxes_for(height: int, width: int, count: int, seed: int) -> np.ndarray:
@@ -192,3 +183,71 @@ def test_crop_cli_bad_input_through_python_m_exits_2(tmp_path):
     done = _crop_cli(str(tmp_path / "missing.jpg"), "--box", "0", "0", "10", "10", "--out", str(tmp_path / "c.png"))
     assert done.returncode == 2 and "cannot be read" in done.stderr and "Traceback" not in done.stderr
     assert not list(tmp_path.iterdir())
+
+
+# ---------------------------------------------------------------- the run-time crop check (helpers.crop_check)
+
+@pytest.fixture
+def jpeg_set(tmp_path):
+    """Ten generated JPEGs at Human3.6M's two frame sizes, with border-crossing boxes, and their crop store."""
+    rng = np.random.default_rng(11)
+    paths, boxes = [], []
+    for i in range(10):
+        height = 1002 if i % 2 else 1000
+        path = tmp_path / f"frame_{i:02d}.jpg"
+        path.write_bytes(_jpeg(rng, height, 1000, 90))
+        paths.append(str(path))
+        boxes.append(boxes_for(height, 1000, 1, seed=i)[0])
+    boxes = np.array(boxes)
+    store = crop_cache.ensure_crops(paths, boxes, (256, 256), cache_dir=tmp_path / "cache", num_workers=0,
+                                    progress=False)
+    return paths, boxes, store
+
+
+def test_crop_check_finds_the_runs_crops_identical_to_opencv(jpeg_set):
+    paths, boxes, store = jpeg_set
+    record = crop_check.check_crops(paths, boxes, (256, 256), store.take)
+    assert record == {"opencv": cv2.__version__, "images": 8, "decode_identical": True, "crop_identical": True,
+                      "max_abs_diff": 0, "skipped": None}
+    assert not crop_check.crop_check_failed(record)
+
+
+def test_crop_check_reports_a_crop_that_differs(jpeg_set):
+    paths, boxes, store = jpeg_set
+
+    def one_grey_level_off(positions):
+        crops = store.take(positions).astype(np.int16)
+        crops[3, 0, 100, 100] += 1 if crops[3, 0, 100, 100] < 255 else -1
+        return crops.astype(np.uint8)
+
+    record = crop_check.check_crops(paths, boxes, (256, 256), one_grey_level_off)
+    assert record["crop_identical"] is False and record["decode_identical"] is True and record["max_abs_diff"] == 1
+    assert crop_check.crop_check_failed(record)
+
+
+def test_without_opencv_the_check_says_why_and_the_run_goes_on(jpeg_set, monkeypatch, tmp_path):
+    from helpers.engine import InferenceConfig, run_inference
+    from helpers.models.registry import ModelSpec
+    from test_engine import tiny_pose_model
+
+    paths, boxes, _ = jpeg_set
+    monkeypatch.setitem(sys.modules, "cv2", None)  # `import cv2` now raises ImportError
+    record = crop_check.check_crops(paths, boxes, (256, 256), lambda p: None)
+    assert record["skipped"].startswith("OpenCV (cv2) is not importable") and record["images"] == 0
+    assert record["crop_identical"] is None and not crop_check.crop_check_failed(record)
+    spec = ModelSpec(model_id="tiny_standin", family="test", variant="t", builder="unused:unused",
+                     input_shape=(32, 32), output_shape=(8, 8), depth_dim=8)
+    test_set = SimpleNamespace(image_id=np.arange(len(paths)), bbox=boxes, f=np.tile([1145.0, 1144.0], (len(paths), 1)),
+                               c=np.tile([500.0, 500.0], (len(paths), 1)))
+    result = run_inference(spec, tiny_pose_model(), test_set, paths,
+                           InferenceConfig(batch_size=4, device="cpu", num_workers=0, cpu_threads=1, progress=False,
+                                           out_dir=tmp_path / "run", cache_dir=tmp_path / "cache32"))
+    assert "not importable" in result["crop_check"]["skipped"] and Path(result["predictions_path"]).is_file()
+
+
+def test_opencv_5_is_not_the_reference(jpeg_set, monkeypatch):
+    paths, boxes, store = jpeg_set
+    monkeypatch.setattr(cv2, "__version__", "5.0.0")
+    record = crop_check.check_crops(paths, boxes, (256, 256), store.take)
+    assert record["opencv"] == "5.0.0" and "OpenCV 5 changed warpAffine" in record["skipped"]
+    assert crop_check.check_crops(paths, boxes, (256, 256), store.take, count=0)["skipped"].startswith("turned off")

@@ -132,7 +132,8 @@ def test_auto_device_and_world_size_follow_the_visible_gpus(dataset, tmp_path, f
 
     monkeypatch.setattr(engine, "_run_spawned", stop)
     with pytest.raises(KeyboardInterrupt):
-        run_inference(SPEC, tiny_pose_model(), test_set, paths, _config(tmp_path / "y", device="auto", world_size=None))
+        run_inference(SPEC, tiny_pose_model(), test_set, paths, _config(tmp_path / "y", device="auto", world_size=None,
+                                                                        device_check=False))
     assert seen == {"world_size": 2, "device_type": "cuda", "precision": "fp32"}  # fp32 by default, also on CUDA
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
@@ -303,7 +304,7 @@ class _SmallGPU(nn.Module):
     def forward(self, x):
         self.sizes.append(x.shape[0])
         if x.shape[0] > 4:
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")  # in every torch
         return self.net(x)
 
 

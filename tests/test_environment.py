@@ -104,8 +104,8 @@ def test_environment_report_unsupported_gpu(monkeypatch):
     assert report["gpu_count"] == 2
     p100, t4 = report["gpus"]
     assert p100 == {"index": 0, "name": "Tesla P100-PCIE-16GB", "memory_gb": 16.0, "capability": "sm_60",
-                    "supported": False}
-    assert t4["supported"] is True and t4["capability"] == "sm_75"
+                    "supported": False, "tf32": False}
+    assert t4["supported"] is True and t4["capability"] == "sm_75" and t4["tf32"] is False  # TF32 needs sm_80
     warning = report["warnings"][0]
     assert "P100" in warning and "sm_60" in warning and '"GPU T4 x2"' in warning
     assert not any("Tesla T4" in w for w in report["warnings"])
@@ -113,3 +113,17 @@ def test_environment_report_unsupported_gpu(monkeypatch):
     assert "NOT SUPPORTED" in frame.loc["gpu 0", "value"] and "supported" in frame.loc["gpu 1", "value"]
     text = env.format_environment(report)
     assert "Tesla T4" in text and "WARNING 1" in text
+
+
+def test_environment_report_says_which_gpus_have_tf32(monkeypatch):
+    gpus = [types.SimpleNamespace(name="NVIDIA A100-SXM4-40GB", total_memory=40 * 1024**3, major=8, minor=0),
+            types.SimpleNamespace(name="NVIDIA L4", total_memory=22 * 1024**3, major=8, minor=9)]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: len(gpus))
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: gpus[i])
+    monkeypatch.setattr(torch.cuda, "get_arch_list", lambda: ["sm_75", "sm_80", "sm_86", "sm_90"])
+    monkeypatch.setattr(torch.backends.cudnn, "version", lambda: 91000)
+    report = env.environment_report()
+    assert [g["tf32"] for g in report["gpus"]] == [True, True]
+    assert [g["capability"] for g in report["gpus"]] == ["sm_80", "sm_89"] and report["cudnn_version"] == 91000
+    assert ", TF32, supported" in env.environment_frame(report).loc["gpu 0", "value"]

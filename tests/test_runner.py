@@ -66,10 +66,19 @@ def test_unknown_model_or_variant_lists_the_valid_ones():
     (dict(flip_test="yes"), "FLIP_TEST must be True or False"),
     (dict(bbox_root="x.json"), "set USE_GT_INFO = False"),
     (dict(demo=True, data_root="/data"), "DEMO = True"),
+    (dict(device_check="sometimes"), "DEVICE_CHECK must be"),
+    (dict(precision="fp8"), "PRECISION must be one of 'fp32', 'tf32', 'fp16', 'bf16'"),
 ])
 def test_bad_parameters_are_refused_with_the_fix(kw, message):
     with pytest.raises(runner.ConfigError, match=message):
         runner.RunParams(**{"model": "convnextpose", "variant": "XS", **kw})
+
+
+def test_device_check_parameter_accepts_papermill_spellings():
+    for given, expected in (("auto", "auto"), ("STRICT", "strict"), ("True", True), ("false", False), (True, True)):
+        assert runner.RunParams(model="convnextpose", variant="XS", device_check=given).device_check == expected
+    params = runner.RunParams(model="convnextpose", variant="XS", precision="tf32", device_check="strict")
+    assert params.precision == "tf32"
 
 
 def test_spread_picks_evenly_from_first_to_last():
@@ -104,6 +113,12 @@ def test_demo_run_end_to_end(demo_cache, tmp_path, no_input_roots):
     assert result["partial"] is True and result["num_samples"] == 6
     assert result["num_expected"] == len(run.test_set)
     assert result["settings"]["image_limit"] == 6 and result["settings"]["batch_size"] == 4
+    # strict fp32, recorded; the crops checked against OpenCV 4.x (a test requirement) and identical
+    assert {k: result["settings"][k] for k in ("tf32", "cudnn_benchmark", "cudnn_deterministic")} == {
+        "tf32": False, "cudnn_benchmark": False, "cudnn_deterministic": True}
+    assert result["crop_check"]["crop_identical"] is True and result["crop_check"]["decode_identical"] is True
+    assert result["crop_check"]["images"] == 6 and result["crop_check"]["skipped"] is None
+    assert result["device_check"] is None  # "auto" on a CPU
     assert result["checkpoint"]["sha256"] and result["timing"]["total_s"] > 0
     for name in ("result", "predictions", "per_action_csv", "per_joint_png", "qualitative_png"):
         assert Path(files.loc[name, "path"]).is_file(), name
