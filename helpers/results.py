@@ -116,7 +116,8 @@ def run_blocks(spec, *, checkpoint_info: dict, checkpoint_path, checkpoint_sourc
     if data.generated:
         data_block["note"] = GENERATED_DATA_NOTE
     checkpoint = {"path": str(checkpoint_path), "sha256": info.get("sha256"), "format": info.get("format"),
-                  "epoch": info.get("epoch"), "remaps": info.get("remaps") or [], "source": checkpoint_source}
+                  "epoch": info.get("epoch"), "remaps": info.get("remaps") or [], "source": checkpoint_source,
+                  "protocol": info.get("protocol")}  # the PROTOCOL the file was chosen for by its path; None: no choice
     inference = inference or {}
     settings = dict(inference.get("settings") or {})
     settings.update({"image_limit": params.image_limit, "skip_missing_images": params.skip_missing_images,

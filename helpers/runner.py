@@ -268,7 +268,7 @@ def ensure_demo_checkpoint(cache_dir: Path, model_id: str, seed: int = 0) -> Pat
     from . import demo_checkpoints
 
     # One folder per model: demo_checkpoints writes a README describing the files of each call.
-    folder = demo_root(cache_dir) / f"checkpoints_seed{seed}" / model_id
+    folder = demo_root(cache_dir) / f"checkpoints_v{demo_checkpoints.DEMO_VERSION}_seed{seed}" / model_id
     path = folder / model_id / demo_checkpoints.demo_file_name(model_id)
     if path.is_file():
         return path
@@ -429,6 +429,7 @@ class Run:
             ("epoch", info.get("epoch")),
             ("model id", info.get("model_id")),
             ("key remaps", ", ".join(str(r) for r in info.get("remaps") or []) or "none"),
+            ("chosen for protocol", info.get("protocol") if info.get("protocol") is not None else "(no choice made)"),
             ("parameters (loaded)", info.get("num_params")),
             ("parameters (registry)", spec.num_params),
             ("input (H, W)", tuple(spec.input_shape)),
@@ -855,46 +856,54 @@ def _registry_download_source(spec) -> str | None:
     return None
 
 
-def _acquire(params: RunParams, spec, cache_dir: Path, search_roots: list[Path]) -> tuple[Path, str]:
-    """A checkpoint from CHECKPOINT, else found under the search roots, else the registry's download."""
-    from .acquire import AcquireError, acquire_checkpoint
+def _acquire(params: RunParams, spec, cache_dir: Path, search_roots: list[Path]) -> tuple[Path, str, int | None]:
+    """A checkpoint from CHECKPOINT, else found under the search roots, else the registry's download; the last
+    item is the protocol it was chosen for (None where no choice by PROTOCOL was made)."""
+    from .acquire import AcquireError, CheckpointNotFound, acquire
 
     downloads = cache_dir / "checkpoints"
+    protocol = params.protocol
     if params.checkpoint is not None:
-        return Path(acquire_checkpoint(params.checkpoint, model_id=spec.model_id, cache_dir=downloads,
-                                       search_roots=search_roots)), params.checkpoint
+        got = acquire(params.checkpoint, model_id=spec.model_id, cache_dir=downloads, search_roots=search_roots,
+                      protocol=protocol)
+        return Path(got.path), params.checkpoint, got.protocol
     try:
-        return Path(acquire_checkpoint(None, model_id=spec.model_id, search_roots=search_roots)), \
-            f"found under {', '.join(str(r) for r in search_roots)}"
-    except AcquireError as not_found:
+        got = acquire(None, model_id=spec.model_id, search_roots=search_roots, protocol=protocol)
+        return Path(got.path), f"found under {', '.join(str(r) for r in search_roots)}", got.protocol
+    except CheckpointNotFound as not_found:  # candidates it could not choose among are reported as they are
         download = _registry_download_source(spec)
         if download is None:
             raise AcquireError(f"{not_found}; the registry lists no download for {spec.model_id}"
                                + (f" ({spec.notes})" if spec.notes else "")) from None
         print(f"{spec.model_id}: no checkpoint under the inputs; downloading {download} ...")
-        return Path(acquire_checkpoint(download, model_id=spec.model_id, cache_dir=downloads)), download
+        got = acquire(download, model_id=spec.model_id, cache_dir=downloads, protocol=protocol)
+        return Path(got.path), download, got.protocol
 
 
 def _resolve_checkpoint(params: RunParams, spec, cache_dir: Path, data: DataSource,
-                        notes: list[str]) -> tuple[Path, str, str]:
-    """(checkpoint path, where it came from, weights kind): CHECKPOINT when set, on any data; else random demo
-    weights on generated data; else the released checkpoint (real data never falls back to random weights)."""
+                        notes: list[str]) -> tuple[Path, str, str, int | None]:
+    """(checkpoint path, where it came from, weights kind, the protocol it was chosen for or None): CHECKPOINT when
+    set, on any data; else random demo weights on generated data; else the released checkpoint (real data never
+    falls back to random weights)."""
     data_root = data.root
     if params.checkpoint is None and data.generated:
-        return ensure_demo_checkpoint(cache_dir, spec.model_id, params.seed), "demo (random-initialised)", "random_demo"
+        return (ensure_demo_checkpoint(cache_dir, spec.model_id, params.seed), "demo (random-initialised)",
+                "random_demo", None)
     from .acquire import AcquireError
     from .models.checkpoint import CheckpointError
 
     search_roots = list(dict.fromkeys([*env.default_input_roots(), data_root]))
     try:
-        path, source = _acquire(params, spec, cache_dir, search_roots)
+        path, source, protocol = _acquire(params, spec, cache_dir, search_roots)
     except (AcquireError, CheckpointError) as exc:
         # Real data never silently falls back to random weights: that would print numbers that mean nothing.
         advice = "" if params.checkpoint is not None else (
             "; set CHECKPOINT to a path, URL or Google Drive id (or attach the file under /kaggle/input), "
             "or DEMO = True to run on the generated demo data instead")
         raise CheckpointUnavailable(f"no checkpoint for {spec.model_id}: {exc}{advice}") from None
-    return path, source, _weights_kind(params.checkpoint, path, spec)
+    if protocol is not None:
+        notes.append(f"checkpoint chosen for protocol {protocol}: its folder path or file name says so ({path})")
+    return path, source, _weights_kind(params.checkpoint, path, spec), protocol
 
 
 def _output_root(params: RunParams) -> Path:
@@ -958,13 +967,13 @@ def prepare(params: RunParams):
                             "SKIP_MISSING_IMAGES = True to run the images that exist and record the others")
     image_paths = [image_check.paths[i] for i in selected]
 
-    checkpoint_path, source, weights_kind = _resolve_checkpoint(params, spec, cache_dir, data, notes)
+    checkpoint_path, source, weights_kind, chosen_protocol = _resolve_checkpoint(params, spec, cache_dir, data, notes)
     model, info = load_checkpoint(checkpoint_path, model_id=spec.model_id)
     try:  # the declared heatmap size, depth and joints against the model, before any number is computed
         declarations = check_declarations(spec, model)
     except DeclarationError as exc:
         raise ConfigError(str(exc)) from None
-    info = info.to_dict()
+    info = {**info.to_dict(), "protocol": chosen_protocol}
     if info.get("is_random_demo") and weights_kind != "random_demo":
         notes.append(f"{checkpoint_path} is a random-initialised demo checkpoint: RANDOM DEMO WEIGHTS")
         weights_kind = "random_demo"

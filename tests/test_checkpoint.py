@@ -24,6 +24,8 @@ from helpers.models.checkpoint import CheckpointError, detect_model, model_shape
 from helpers.models.checkpoint_file import sniff_format
 
 SMALL = ["convnextpose_XS", "convnextpose_S", "convnextpose_M", "mobilehumanpose_lpski"]
+# The demo files these tests use (every model id's is tested in test_checkpoint_real_files.py).
+DEMO_MODELS = [*SMALL, "convnextpose_L", "mobilehumanpose_lpwo"]
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +35,7 @@ def demo_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def demos(demo_dir) -> dict[str, Path]:
-    return write_demo_checkpoints(demo_dir, seed=0)
+    return write_demo_checkpoints(demo_dir, DEMO_MODELS, seed=0)
 
 
 def _network(path: Path) -> dict[str, torch.Tensor]:
@@ -49,7 +51,7 @@ def _zip_root(path: Path) -> str:
 
 # ---------------------------------------------------------------------------------------------- demo files
 def test_every_demo_checkpoint_is_detected_as_its_model(demos, demo_dir):
-    assert sorted(demos) == sorted(list_models())
+    assert sorted(demos) == sorted(DEMO_MODELS) and set(DEMO_MODELS) <= set(list_models())
     for model_id, path in demos.items():
         contents = read_state_dict(path)
         assert detect_model(contents.state_dict).model_id == model_id, model_id
@@ -335,13 +337,23 @@ def test_inspect_cli_exit_codes(demos, tmp_path, capsys):
 
     assert cli_main(["inspect", str(demos["convnextpose_S"]), "--model-id", "convnextpose_M"]) == 1
     out = capsys.readouterr().out
-    assert "PROBLEM" in out and "convnextpose_S" in out and "mis-shaped" in out
+    assert "read OK: 260 tensors; it does not match convnextpose_M (closest: convnextpose_S)" in out
+    assert "mis-shaped" in out and "refused" not in out
+
+    partial = {k: v for k, v in _network(demos["convnextpose_XS"]).items() if not k.startswith("head.")}
+    path = tmp_path / "backbone_only.pth"
+    torch.save({"network": partial}, path)
+    assert cli_main(["inspect", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert f"read OK: {len(partial)} tensors; no known model matches (closest: convnextpose_XS)" in out
 
     page = tmp_path / "ConvNeXtPose_L.tar"
     page.write_text("<!doctype html><html><body>Too many users have viewed or downloaded this file recently"
                     "</body></html>")
-    assert cli_main(["inspect", str(page)]) == 1
-    assert "quota" in capsys.readouterr().out
+    assert cli_main(["inspect", str(page)]) == 3  # refused to read, told apart from "read, no model matches"
+    lines = capsys.readouterr().out.splitlines()
+    refusal = [line for line in lines if line.startswith("refused to read: ")]
+    assert len(refusal) == 1 and "quota" in refusal[0] and not any(line.startswith("read OK") for line in lines)
     with pytest.raises(SystemExit) as exc:
         cli_main(["inspect"])
     assert exc.value.code == 2

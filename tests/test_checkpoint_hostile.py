@@ -25,7 +25,8 @@ from helpers.__main__ import main as cli_main
 from helpers.acquire import AcquireError, acquire_checkpoint
 from helpers.models import build_model
 from helpers.models.checkpoint import CheckpointError, load_checkpoint, read_state_dict
-from helpers.models.checkpoint_file import sniff_format
+from helpers.models.checkpoint_file import read_checkpoint, sniff_format
+from helpers.models import safe_pickle
 
 SMALL_MODEL = "convnextpose_XS"
 
@@ -160,7 +161,12 @@ DANGEROUS = [("builtins", "eval"), ("builtins", "exec"), ("__builtin__", "eval")
              ("functools", "partial"), ("operator", "attrgetter"), ("operator", "methodcaller"),
              ("copyreg", "_reconstructor"), ("torch.nn.modules.module", "Module"),
              ("collections", "OrderedDict.fromkeys"), ("torch._utils", "_rebuild_tensor_v2.__globals__"),
-             ("torch", "FloatStorage.__class__")]
+             ("torch", "FloatStorage.__class__"),
+             # classes with __setstate__ (a BUILD on them runs it) that torch's own weights-only loader allows
+             ("torch.nn.parameter", "Parameter"), ("torch", "Size"), ("torch", "Tensor"), ("torch", "device"),
+             ("torch._utils", "_rebuild_parameter_with_state"), ("torch._utils", "_rebuild_tensor_v3"),
+             ("torch._tensor", "_rebuild_from_type_v2"), ("builtins", "bytearray"), ("builtins", "complex"),
+             ("collections", "deque"), ("argparse", "Namespace"), ("numpy", "ndarray"), ("torch.cuda", "FloatStorage")]
 
 
 @pytest.mark.parametrize("module, name", DANGEROUS, ids=[f"{m}.{n}" for m, n in DANGEROUS])
@@ -198,6 +204,190 @@ def test_other_ways_to_reach_a_callable_are_refused(marker, tmp_path):
             message = _refused(source, "refused", pattern)
             assert "Traceback" not in message, what
     assert not marker.path.exists()
+
+
+# ---------------------------------------------------------------------------------------------- the new allowances
+def _metadata(value: bytes) -> bytes:
+    """A state dict's BUILD state: {'_metadata': value}."""
+    return b"}" + _str("_metadata") + value + b"s"
+
+
+def _versions(*prefixes: str) -> bytes:
+    """OrderedDict([(prefix, {'version': 1}), ...]), as Module.state_dict() writes _metadata."""
+    items = b"".join(_str(p) + b"}" + _str("version") + _int(1) + b"s" for p in prefixes)
+    return _call("collections", "OrderedDict") + (b"(" + items + b"u" if items else b"")
+
+
+def _state_dict_with(state: bytes, target: bytes | None = None) -> bytes:
+    """OrderedDict({'w': tensor}) whose state is set by BUILD (what torch.save writes for model.state_dict())."""
+    target = target if target is not None else _call("collections", "OrderedDict")
+    return PROTO + target + b"(" + _str("w") + _tensor() + b"u" + state + b"b."
+
+
+def _legacy_with_records(path: Path, pickle_bytes: bytes, records: dict[str, bytes], itemsize: int = 4) -> Path:
+    """A legacy file as torch.save writes it: header pickles, the object, the storage keys, then per storage its
+    element count (8 bytes) and its bytes."""
+    head = io.BytesIO()
+    for value in (0x1950A86A20F9469CFC6C, 1001, {"protocol_version": 1001, "little_endian": True,
+                                                 "type_sizes": {"short": 2, "int": 4, "long": 4}}):
+        pickle.dump(value, head, protocol=2)
+    body = b"".join(struct.pack("<q", len(d) // itemsize) + d for d in records.values())
+    path.write_bytes(head.getvalue() + pickle_bytes + pickle.dumps(list(records), protocol=2) + body)
+    return path
+
+
+def _legacy_tensor(key: str = "0", numel: int = 4, view: bytes = b"N", size=(4,), offset: int = 0) -> bytes:
+    """_rebuild_tensor_v2 over a legacy persistent id (6 items: the last is a storage view or None)."""
+    pid = b"(" + _str("storage") + _global("torch", "FloatStorage") + _str(key) + _str("cuda:0") + _int(numel) \
+        + view + b"tQ"
+    dims = b"(" + b"".join(_int(v) for v in size) + b"t"
+    return (_global("torch._utils", "_rebuild_tensor_v2") + b"(" + pid + _int(offset) + dims + b"(" + _int(1) + b"t"
+            + b"\x89" + _call("collections", "OrderedDict") + b"tR")
+
+
+def test_a_state_dicts_metadata_is_read_in_every_container(tmp_path):
+    """The allowance itself: BUILD on an OrderedDict with {'_metadata': plain versions}, in a zip, an extracted
+    folder, a tar of that folder and a legacy file (with its storages on cuda:0), read as torch.load reads it."""
+    payload = _state_dict_with(_metadata(_versions("", "module", "module.0")))
+    weights = struct.pack("<4f", 1, 2, 3, 4)
+    legacy_payload = PROTO + _call("collections", "OrderedDict") + b"(" + _str("w") + _legacy_tensor() + b"u" \
+        + _metadata(_versions("")) + b"b."
+    sources = _all_forms(tmp_path, payload, {"0": weights})[:3]
+    sources.append(_legacy_with_records(tmp_path / "legacy_real.pth", legacy_payload, {"0": weights}))
+    for source in sources:
+        obj = read_checkpoint(source).obj
+        assert list(obj) == ["w"] and obj["w"].tolist() == [1, 2, 3, 4] and obj["w"].device.type == "cpu"
+        assert list(obj._metadata) == (["", "module", "module.0"] if source != sources[-1] else [""])
+        assert obj._metadata[""] == {"version": 1}
+
+
+BUILD_ABUSES = {
+    "state that is a list": (_state_dict_with(b"](" + _str("_metadata") + b"e"), "other than a plain '_metadata'"),
+    "state that is a tuple": (_state_dict_with(_str("_metadata") + b"}\x86"), "other than a plain '_metadata'"),
+    "state that is a tensor": (_state_dict_with(_tensor()), "other than a plain '_metadata'"),
+    "_metadata holding a tensor": (_state_dict_with(_metadata(_tensor())), "other than a plain '_metadata'"),
+    "_metadata holding a global": (_state_dict_with(_metadata(_global("collections", "OrderedDict"))),
+                                   "other than a plain '_metadata'"),
+    "_metadata holding a numpy dtype": (_state_dict_with(_metadata(_call("numpy", "dtype", _str("f8"), b"\x89\x88"))),
+                                        "other than a plain '_metadata'"),
+    "_metadata holding a nested tensor": (
+        _state_dict_with(_metadata(_call("collections", "OrderedDict") + b"(" + _str("") + b"}" + _str("version")
+                                   + _tensor() + b"su")), "other than a plain '_metadata'"),
+    "a key beside _metadata": (_state_dict_with(b"}(" + _str("_metadata") + _versions("") + _str("__class__")
+                                                + _str("x") + b"u"), "other than a plain '_metadata'"),
+    "another key": (_state_dict_with(b"}" + _str("_forward_hooks") + _versions("") + b"s"),
+                    "other than a plain '_metadata'"),
+    "_metadata twice, then more keys": (
+        _state_dict_with(b"}(" + b"".join(_str(f"k{i}") + _int(i) for i in range(20)) + b"u"),
+        "other than a plain '_metadata'"),
+    "BUILD on a defaultdict": (_state_dict_with(_metadata(_versions("")), _call("collections", "defaultdict", b"N")),
+                               "sets the state of collections.defaultdict"),
+    "BUILD on a Counter": (PROTO + _call("collections", "Counter") + _metadata(_versions("")) + b"b.",
+                           "sets the state of collections.Counter"),
+    "BUILD on a set": (PROTO + _call("builtins", "set", b"]") + _metadata(_versions("")) + b"b.",
+                       "sets the state of builtins.set"),
+    "BUILD on a dict": (PROTO + b"}" + _metadata(_versions("")) + b"b.", "sets the state of a dict"),
+    "BUILD on a list": (PROTO + b"]" + _metadata(_versions("")) + b"b.", "sets the state of a list"),
+    "BUILD on a 0.3-era tensor (set_)": (
+        _state_dict(("w", _global("torch._utils", "_rebuild_tensor") + b"(" + _storage_pid("0") + _int(0) + b"("
+                     + _int(4) + b"t(" + _int(1) + b"ttR" + b"(" + _int(0) + b"tb")),
+        "sets the state of torch._utils._rebuild_tensor"),
+    "BUILD on a Parameter (__setstate__)": (
+        _state_dict(("w", _global("torch._utils", "_rebuild_parameter") + b"(" + _tensor() + b"\x89"
+                     + _call("collections", "OrderedDict") + b"tR" + b"}b")),
+        "sets the state of torch._utils._rebuild_parameter"),
+    "BUILD on a numpy scalar": (
+        PROTO + _global("numpy.core.multiarray", "scalar") + b"(" + _call("numpy", "dtype", _str("f8"), b"\x89\x88")
+        + _call("_codecs", "encode", _str("\x00" * 8), _str("latin1")) + b"tR}b.", "sets the state of numpy"),
+    "BUILD on a dtype with a container state": (
+        PROTO + _call("numpy", "dtype", _str("f8"), b"\x89\x88") + b"(" + _int(3) + b"]tb.", "numpy dtype"),
+    "BUILD on a storage": (PROTO + _storage_pid("0") + b"}b.", "sets the state of a storage"),
+}
+
+
+OTHER_ABUSES = {
+    "SETITEMS into a list (CVE-2026-24747)": (PROTO + b"](" + _str("k") + _int(1) + b"u.", "not a dict"),
+    "SETITEM into a tensor": (PROTO + _tensor() + _str("k") + _int(1) + b"s.", "not a dict"),
+    "SETITEM into a numpy scalar": (PROTO + _global("numpy.core.multiarray", "scalar") + b"(" + _call(
+        "numpy", "dtype", _str("f8"), b"\x89\x88") + _call("_codecs", "encode", _str("\x00" * 8), _str("latin1"))
+        + b"tR" + _str("k") + _int(1) + b"s.", "not a dict"),
+    "APPEND into a dict": (PROTO + b"}" + _int(1) + b"a.", "not a list"),
+    "OrderedDict from pairs with a tuple key (hash bomb)": (
+        PROTO + _call("collections", "OrderedDict", b"](" + _int(0) + _int(0) + b"\x86" + _int(1) + b"\x86e"),
+        "keys are not numbers or strings"),
+    "a set of tuples": (PROTO + _call("builtins", "set", b"](" + _int(0) + _int(0) + b"\x86e"),
+                        "not numbers or strings"),
+    "a defaultdict with os.system as factory": (PROTO + _call("collections", "defaultdict", _global("os", "system"))
+                                                + b".", r"os\.system"),
+    "a defaultdict with OrderedDict as factory": (
+        PROTO + _call("collections", "defaultdict", _global("collections", "OrderedDict")) + b".",
+        "factory is not a plain container"),
+    "calling builtins.dict": (PROTO + _call("builtins", "dict") + b".", "never calls"),
+    "calling a storage type": (PROTO + _call("torch", "FloatStorage", _int(4)) + b".", "never calls"),
+    "a storage on a location that is not a device": (
+        _state_dict(("w", _global("torch._utils", "_rebuild_tensor_v2") + b"((" + _str("storage")
+                     + _global("torch", "FloatStorage") + _str("0") + _str("../../etc/passwd") + _int(4) + b"tQ"
+                     + _int(0) + b"(" + _int(4) + b"t(" + _int(1) + b"t\x89" + _call("collections", "OrderedDict")
+                     + b"tR")), "not a device name"),
+    "a storage declared twice with different sizes": (
+        _state_dict(("w", _tensor(numel=4)), ("v", _tensor(size=(2,), numel=2))), "declared twice"),
+    "a storage declared twice with different types": (
+        _state_dict(("w", _tensor()), ("v", _tensor(storage="DoubleStorage"))), "declared twice"),
+    "a 0.3-era tensor past its storage": (
+        _state_dict(("w", _global("torch._utils", "_rebuild_tensor") + b"(" + _storage_pid("0") + _int(0) + b"("
+                     + _int(5) + b"t(" + _int(1) + b"ttR")), "past the end"),
+    "a 0.3-era tensor with a size that is not integers": (
+        _state_dict(("w", _global("torch._utils", "_rebuild_tensor") + b"(" + _storage_pid("0") + _int(0) + b"("
+                     + _str("4") + b"t(" + _int(1) + b"ttR")), "not integers"),
+    "a tensor whose hooks are a tensor": (
+        _state_dict(("w", _global("torch._utils", "_rebuild_tensor_v2") + b"(" + _storage_pid("0") + _int(0) + b"("
+                     + _int(4) + b"t(" + _int(1) + b"t\x89" + _tensor() + b"tR")), "as hooks or metadata"),
+    "a Parameter of something that is not a tensor": (
+        _state_dict(("w", _call("torch._utils", "_rebuild_parameter", _str("x"), b"\x89", b"N"))), "not a tensor"),
+    "a numpy scalar without a dtype": (
+        PROTO + _global("numpy.core.multiarray", "scalar") + b"(" + _str("f8") + _str("x") + b"tR.", "numpy scalar"),
+}
+
+
+ABUSES = {**BUILD_ABUSES, **OTHER_ABUSES}
+
+
+@pytest.mark.parametrize("what", list(ABUSES))
+def test_abuses_of_the_new_allowances_are_refused(what, tmp_path, marker):
+    """BUILD only for a state dict's plain _metadata, and every call, storage and container rule around it."""
+    payload, pattern = ABUSES[what]
+    for source in _all_forms(tmp_path, payload, {"0": bytes(16)}):
+        _refused(source, "refused", pattern, seconds=3)
+    assert not marker.path.exists()
+
+
+def test_legacy_storage_records_are_checked(tmp_path, monkeypatch):
+    """A legacy file's storages follow its pickles: each key of the list, an element count, the bytes. Every one
+    must be what the pickle declared, and inside the file."""
+    weights = struct.pack("<4f", 1, 2, 3, 4)
+    good = _state_dict(("w", _legacy_tensor()))
+    assert read_checkpoint(_legacy_with_records(tmp_path / "good.pth", good, {"0": weights})).obj["w"].sum() == 10
+    data = (tmp_path / "good.pth").read_bytes()
+    for cut in (1, 4, 16, 23):
+        (tmp_path / f"cut{cut}.pth").write_bytes(data[:-cut])
+        _refused(tmp_path / f"cut{cut}.pth", "truncated")
+    _refused(_legacy_with_records(tmp_path / "count.pth", good, {"0": weights + bytes(4)}), "holds 5 elements")
+    _refused(_legacy_with_records(tmp_path / "keys.pth", good, {}), "list of storages does not match")
+    _refused(_legacy_with_records(tmp_path / "extra.pth", good, {"0": weights, "1": weights}),
+             "list of storages does not match")
+    view = b"(" + _str("1") + _int(2) + _int(4) + b"t"  # view of 4 elements at offset 2 in a root of 4
+    _refused(_legacy_with_records(tmp_path / "view.pth", _state_dict(("w", _legacy_tensor(view=view))),
+                                  {"0": weights}), "view reaches past the end")
+    bad_magic = data.replace(b"\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19", b"\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x18", 1)
+    (tmp_path / "magic.pth").write_bytes(bad_magic)
+    _refused(tmp_path / "magic.pth", "magic number")
+    monkeypatch.setattr(safe_pickle, "MAX_PICKLE_OPS", 100_000)  # the same rule, quicker to reach
+    endless = tmp_path / "endless.pth"  # more opcodes than any checkpoint has: refused at the limit
+    endless.write_bytes(data[:data.index(good)] + PROTO + b"N" * (safe_pickle.MAX_PICKLE_OPS + 2))
+    _refused(endless, "more than 100,000 opcodes")
+    huge_string = tmp_path / "string.pth"  # a string declaring 4 GB: never read into memory
+    huge_string.write_bytes(data[:data.index(good)] + PROTO + b"X\xff\xff\xff\xff" + b"x" * 64)
+    _refused(huge_string, "malformed|longer than", seconds=3)
 
 
 def test_numpy_object_scalars_and_bad_dtype_states(tmp_path):

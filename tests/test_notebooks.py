@@ -216,6 +216,30 @@ def test_reproduce_card_command_run_as_printed_repeats_the_predictions(executed,
         assert after[key].tobytes() == array.tobytes(), key
 
 
+def test_notebook_run_with_checkpoint_naming_an_official_file(tmp_path, demo_cache, kernel_env):
+    """CHECKPOINT pointing at a file the official training code wrote (ConvNeXtPose's release format: a torch zip
+    named .tar with a snapshot root, DataParallel state dict with _metadata, AdamW state) loads strictly in a
+    headless notebook run, and the result records it."""
+    from helpers.demo_checkpoints import official_payload, save_official
+    from helpers.models.checkpoint import DEMO_MARKER_KEY
+
+    payload = official_payload("convnextpose_XS")
+    payload["epoch"] = 7
+    payload.pop(DEMO_MARKER_KEY)  # a user's own training output, not a demo file
+    checkpoint = tmp_path / "my_run" / "snapshot_7.pth.tar"
+    checkpoint.parent.mkdir()
+    save_official(payload, checkpoint, "zip", epoch=7)
+    out = tmp_path / "out"
+    _execute("convnextpose.ipynb", tmp_path / "run.ipynb", {
+        "VARIANT": "XS", "CHECKPOINT": str(checkpoint), "DATA_ROOT": str(runner.ensure_demo_data(demo_cache)),
+        "DEMO": False, "IMAGE_LIMIT": 4, "BATCH_SIZE": 4, "OUTPUT_DIR": str(out), "CACHE_DIR": str(demo_cache)})
+    result = json.loads((out / "convnextpose_XS" / "result.json").read_text())
+    validate_result(result)
+    assert result["checkpoint"]["path"] == str(checkpoint) and result["checkpoint"]["format"] == "torch-zip"
+    assert result["checkpoint"]["epoch"] == 7 and result["checkpoint"]["protocol"] is None
+    assert result["weights"]["kind"] == "unknown" and result["num_samples"] == 4
+
+
 # ------------------------------------------------------------------------------------------------ bad input
 @pytest.mark.parametrize("parameters, message", [
     ({"VARIANT": "XXL"}, "unknown VARIANT 'XXL' for MODEL 'convnextpose'; valid variants: XS, S, M, L"),

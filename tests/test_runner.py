@@ -192,7 +192,7 @@ def test_real_data_without_a_checkpoint_fails_instead_of_using_random_weights(de
     def unavailable(source, **kw):
         raise acquire.AcquireError(f"nothing for {kw.get('model_id')}")
 
-    monkeypatch.setattr(acquire, "acquire_checkpoint", unavailable)
+    monkeypatch.setattr(acquire, "acquire", unavailable)
     data = str(_real_copy(runner.ensure_demo_data(demo_cache), tmp_path / "real"))
     for demo in ("auto", False):
         with pytest.raises(runner.CheckpointUnavailable, match=r"nothing for convnextpose_XS.*set CHECKPOINT"):
@@ -201,19 +201,16 @@ def test_real_data_without_a_checkpoint_fails_instead_of_using_random_weights(de
 
 
 def _own_checkpoint(demo_cache: Path, tmp_path: Path) -> Path:
-    """A checkpoint of the user's own: saved by the official training call, not one of our demo files."""
+    """A checkpoint of the user's own, saved by the official training call (a DataParallel state dict with its
+    `_metadata`, the optimizer's state), without the demo files' marker: trained weights as far as anyone can tell."""
     import torch
 
-    from helpers.models import build_model, get_family
+    from helpers.demo_checkpoints import DEMO_MARKER_KEY, official_payload
 
-    spec_model = build_model("convnextpose_XS")
-    family = get_family("convnextpose")
-    from helpers.models.registry import get_spec
-
-    state = family.official_keys(get_spec("convnextpose_XS"), spec_model.state_dict()) if family.official_keys \
-        else spec_model.state_dict()
+    payload = official_payload("convnextpose_XS", seed=7)
+    del payload[DEMO_MARKER_KEY]
     path = tmp_path / "my_weights.pth"
-    torch.save({"epoch": 3, "network": {f"module.{k}": v for k, v in state.items()}}, path)
+    torch.save({**payload, "epoch": 3}, path)
     return path
 
 
@@ -260,6 +257,19 @@ def test_generated_annotations_are_recognised_without_their_marker_file(demo_cac
     run = runner.prepare(_params(demo_cache, tmp_path / "out", data_root=str(copy), image_limit=2,
                                  checkpoint=str(_own_checkpoint(demo_cache, tmp_path))))
     assert run.generated_data and "info.generated_by = 'helpers.demo_data'" in run.data.evidence
+def test_checkpoint_chosen_by_protocol_is_recorded(demo_cache, tmp_path, no_input_roots):
+    """CHECKPOINT naming a folder with one file per protocol: PROTOCOL chooses, and the result records it."""
+    from helpers.demo_checkpoints import write_demo_checkpoints
+
+    data = str(runner.ensure_demo_data(demo_cache))
+    weights = tmp_path / "weights"
+    for p in (1, 2):
+        write_demo_checkpoints(weights / f"protocol{p}", ["convnextpose_XS"], seed=p)
+    run = runner.prepare(_params(demo_cache, tmp_path / "out", data_root=data, checkpoint=str(weights), protocol=1,
+                                 image_limit=2))
+    assert run.checkpoint_path.is_relative_to(weights / "protocol1") and run.checkpoint_info["protocol"] == 1
+    assert run._extra_blocks()["checkpoint"]["protocol"] == 1
+    assert run.checkpoint_summary().loc["chosen for protocol", "value"] == 1
 
 
 # ------------------------------------------------------------------------------------------ bad input
@@ -296,7 +306,7 @@ def _partial_copy(demo_data: Path, target: Path) -> Path:
 def test_missing_images_fail_fast_or_are_skipped_and_recorded(demo_cache, tmp_path, monkeypatch):
     root = _partial_copy(runner.ensure_demo_data(demo_cache), tmp_path / "data")
     monkeypatch.setattr(runner, "_resolve_checkpoint", lambda params, spec, cache, data, notes: (
-        runner.ensure_demo_checkpoint(cache, spec.model_id), "test", "random_demo"))
+        runner.ensure_demo_checkpoint(cache, spec.model_id), "test", "random_demo", None))
     with pytest.raises(DataError, match=r"test images are missing.*s_11_act.*set SKIP_MISSING_IMAGES = True"):
         runner.prepare(_params(demo_cache, tmp_path, data_root=str(root)))
     with pytest.raises(DataError, match=r"selected test images are missing.*SKIP_MISSING_IMAGES"):

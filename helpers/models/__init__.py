@@ -1,6 +1,6 @@
 """Model zoo: one file per model family, the registry that collects them, and safe checkpoint loading."""
-from .registry import (FAMILIES, MODEL_REGISTRY, CheckpointSource, Family, ModelSpec, NotebookText, PaperResult,
-                       build_model, get_family, get_spec, list_models, load_family_file)
+from .registry import (FAMILIES, MODEL_REGISTRY, CheckpointRelease, CheckpointSource, Family, ModelSpec, NotebookText,
+                       PaperResult, build_model, get_family, get_spec, list_models, load_family_file)
 
 
 def load_checkpoint(path_or_state_dict, model_id=None, **kwargs):
@@ -10,5 +10,5 @@ def load_checkpoint(path_or_state_dict, model_id=None, **kwargs):
     return _load(path_or_state_dict, model_id=model_id, **kwargs)
 
 
-__all__ = ["FAMILIES", "MODEL_REGISTRY", "CheckpointSource", "Family", "ModelSpec", "NotebookText", "PaperResult",
-           "build_model", "get_family", "get_spec", "list_models", "load_checkpoint", "load_family_file"]
+__all__ = ["FAMILIES", "MODEL_REGISTRY", "CheckpointRelease", "CheckpointSource", "Family", "ModelSpec", "NotebookText",
+           "PaperResult", "build_model", "get_family", "get_spec", "list_models", "load_checkpoint", "load_family_file"]

@@ -38,8 +38,10 @@ _PREFIXES = ("module.", "_orig_mod.")
 DEMO_MARKER_KEY = "demo_note"  # written by helpers.demo_checkpoints next to 'network'
 
 
-def unwrap_state_dict(obj: Any) -> tuple[dict, list[str]]:
-    """The tensor dict inside `{'network': ...}` / `{'state_dict': ...}` / `{'model': ...}` wrappers."""
+def unwrap_state_dict(obj: Any) -> tuple[dict, list[str], bool]:
+    """The tensor dict inside `{'network': ...}` / `{'state_dict': ...}` / `{'model': ...}` wrappers, the notes on
+    what was unwrapped, and whether it is versioned (carries the `_metadata` that `Module.state_dict()` has written
+    since PyTorch 0.4.1)."""
     notes: list[str] = []
     for _ in range(3):
         if not isinstance(obj, Mapping):
@@ -64,7 +66,7 @@ def unwrap_state_dict(obj: Any) -> tuple[dict, list[str]]:
         listing = ", ".join(f"{show_key(k)} ({t})" for k, t in bad[:5])
         raise CheckpointError(f"the state dict has {len(bad)} entries that are not tensors: {listing}")
     _check_tensors(obj)
-    return dict(obj), notes
+    return dict(obj), notes, getattr(obj, "_metadata", None) is not None
 
 
 _READABLE_DTYPES = frozenset({torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.uint8, torch.int8,
@@ -106,13 +108,14 @@ def strip_prefixes(state_dict: Mapping[str, torch.Tensor]) -> tuple[dict, list[s
     return out, [f"stripped '{p}' prefix ({n} keys)" for p, n in counts.items()]
 
 
-def clean_state_dict(obj: Any) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """Unwrap, strip prefixes and apply every family filter; returns the state dict and the remaps applied."""
-    state_dict, notes = unwrap_state_dict(obj)
+def clean_state_dict(obj: Any) -> tuple[dict[str, torch.Tensor], list[str], bool]:
+    """Unwrap, strip prefixes and apply every family filter; returns the state dict, the remaps applied and
+    whether the state dict is versioned (see `unwrap_state_dict`)."""
+    state_dict, notes, versioned = unwrap_state_dict(obj)
     state_dict, prefix_notes = strip_prefixes(state_dict)
     remaps = notes + prefix_notes
     state_dict, applied = clean_family_keys(state_dict)  # each family's key filter (its own file)
-    return state_dict, remaps + applied
+    return state_dict, remaps + applied, versioned
 
 
 @dataclass
@@ -127,16 +130,18 @@ class CheckpointContents:
     zip_root: str | None
     sha256: str | None
     is_random_demo: bool = False
+    versioned: bool = True  # the state dict carries `_metadata` (PyTorch >= 0.4.1); see `compare_shapes`
 
 
 def read_state_dict(path_or_state_dict, *, map_location="cpu") -> CheckpointContents:
     """Read a checkpoint safely and clean its keys (no model involved)."""
     raw = read_checkpoint(path_or_state_dict, map_location=map_location)
-    state_dict, remaps = clean_state_dict(raw.obj)
+    state_dict, remaps, versioned = clean_state_dict(raw.obj)
     epoch = raw.obj.get("epoch") if isinstance(raw.obj, Mapping) else None
     epoch = int(epoch) if isinstance(epoch, (int, np.integer)) and not isinstance(epoch, bool) else None
     is_demo = isinstance(raw.obj, Mapping) and bool(raw.obj.get(DEMO_MARKER_KEY))
-    return CheckpointContents(state_dict, raw.format, epoch, remaps, raw.path, raw.zip_root, raw.sha256, is_demo)
+    return CheckpointContents(state_dict, raw.format, epoch, remaps, raw.path, raw.zip_root, raw.sha256, is_demo,
+                              versioned)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -179,6 +184,7 @@ class KeyComparison:
     missing: tuple[str, ...]
     unexpected: tuple[str, ...]
     mismatched: tuple[tuple[str, tuple[int, ...], tuple[int, ...]], ...]  # key, checkpoint shape, model shape
+    filled: tuple[str, ...] = ()  # missing BatchNorm `num_batches_tracked` of an unversioned state dict
 
     @property
     def exact(self) -> bool:
@@ -195,7 +201,7 @@ class KeyComparison:
         return sum(abs(math.log(max(1, math.prod(c)) / max(1, math.prod(m)))) for _, c, m in self.mismatched)
 
     def sort_key(self):
-        return (-self.score, self._shape_distance, self.model_id)
+        return (not self.exact, -self.score, self._shape_distance, self.model_id)
 
     def summary(self) -> str:
         return (f"{self.model_id}: {self.matched}/{self.num_model_keys} model tensors agree; "
@@ -225,14 +231,24 @@ def _shapes_agree(checkpoint_shape: tuple, model_shape: tuple) -> bool:
     return checkpoint_shape == model_shape or (model_shape == () and checkpoint_shape == (1,))
 
 
-def compare_shapes(checkpoint_shapes: Mapping[str, tuple], model_id: str) -> KeyComparison:
+_NUM_BATCHES_TRACKED = ".num_batches_tracked"
+
+
+def compare_shapes(checkpoint_shapes: Mapping[str, tuple], model_id: str, *, versioned: bool = True) -> KeyComparison:
+    """How the checkpoint's key -> shape map compares with the model's.
+
+    An unversioned state dict (no `_metadata`: what PyTorch 0.4.0 saved, before BatchNorm had the
+    `num_batches_tracked` buffer) may lack exactly those buffers: `BatchNorm` itself fills them when it loads a
+    state dict without version metadata, so they are `filled`, not missing. Nothing else is forgiven."""
     expected = model_shapes(model_id)
     missing = tuple(k for k in expected if k not in checkpoint_shapes)
+    filled = () if versioned else tuple(k for k in missing if k.endswith(_NUM_BATCHES_TRACKED) and expected[k] == ())
+    missing = tuple(k for k in missing if k not in filled)
     unexpected = tuple(k for k in checkpoint_shapes if k not in expected)
     mismatched = tuple((k, tuple(checkpoint_shapes[k]), s) for k, s in expected.items()
                        if k in checkpoint_shapes and not _shapes_agree(tuple(checkpoint_shapes[k]), s))
-    matched = len(expected) - len(missing) - len(mismatched)
-    return KeyComparison(model_id, matched, len(expected), missing, unexpected, mismatched)
+    matched = len(expected) - len(missing) - len(mismatched) - len(filled)  # filled buffers agree with nothing
+    return KeyComparison(model_id, matched, len(expected), missing, unexpected, mismatched, filled)
 
 
 @dataclass(frozen=True)
@@ -249,10 +265,12 @@ def _shapes_of(state_dict_or_shapes: Mapping) -> Shapes:
     return {k: tuple(v.shape) if isinstance(v, torch.Tensor) else tuple(v) for k, v in state_dict_or_shapes.items()}
 
 
-def detect_model(state_dict_or_shapes: Mapping, candidates: list[str] | None = None) -> Detection:
-    """Identify the registry model whose `state_dict()` shapes equal the (cleaned) checkpoint's exactly."""
+def detect_model(state_dict_or_shapes: Mapping, candidates: list[str] | None = None, *,
+                 versioned: bool = True) -> Detection:
+    """Identify the registry model whose `state_dict()` shapes equal the (cleaned) checkpoint's exactly
+    (`versioned`: see `compare_shapes`)."""
     shapes = _shapes_of(state_dict_or_shapes)
-    ranking = sorted((compare_shapes(shapes, m) for m in (candidates or list(MODEL_REGISTRY))),
+    ranking = sorted((compare_shapes(shapes, m, versioned=versioned) for m in (candidates or list(MODEL_REGISTRY))),
                      key=KeyComparison.sort_key)
     exact = [c.model_id for c in ranking if c.exact]
     if len(exact) > 1:
@@ -372,30 +390,41 @@ def load_checkpoint(path_or_state_dict, model_id: str | None = None, *, map_loca
     mis-shaped keys and the model the shapes match best. Tensors must also match the model's dtype kind
     (float, integer, bool: an integer tensor in a float slot is not a weight). NaN/inf weights raise
     `CheckpointError` (they would silently turn every prediction into NaN or garbage) unless
-    `allow_nonfinite=True`; then `info.nonfinite_keys` lists them.
+    `allow_nonfinite=True`; then `info.nonfinite_keys` lists them. The only keys that may be missing are the
+    BatchNorm `num_batches_tracked` buffers of an unversioned (PyTorch 0.4.0) state dict: they are filled with 0,
+    as `BatchNorm` itself does, and `info.remaps` says so.
     """
     if model_id is not None:
         get_spec(model_id)  # unknown ids fail before any reading
     contents = read_state_dict(path_or_state_dict, map_location=map_location)
+    return load_contents(contents, model_id, allow_nonfinite=allow_nonfinite)
+
+
+def load_contents(contents: CheckpointContents, model_id: str | None = None, *, allow_nonfinite: bool = False):
+    """Identify and strictly load what `read_state_dict` read; see `load_checkpoint`."""
     shapes = _shapes_of(contents.state_dict)
     if model_id is None:
-        detection = detect_model(shapes)
+        detection = detect_model(shapes, versioned=contents.versioned)
         if detection.model_id is None:
             raise CheckpointError(_mismatch_message(None, detection))
         model_id = detection.model_id
-    else:  # the model asked for decides; other models of the same shapes (a family of your own) do not matter
-        target = compare_shapes(shapes, model_id)
-        if not target.exact:
-            raise CheckpointError(_mismatch_message(target, detect_model(shapes)))
+    target = compare_shapes(shapes, model_id, versioned=contents.versioned)
+    if not target.exact:  # only now every registry model's shapes are needed: to name the closest
+        raise CheckpointError(_mismatch_message(target, detect_model(shapes, versioned=contents.versioned)))
+    state_dict, remaps = dict(contents.state_dict), list(contents.remaps)
+    if target.filled:
+        state_dict.update({k: torch.zeros((), dtype=torch.long) for k in target.filled})
+        remaps.append(f"filled {len(target.filled)} missing BatchNorm num_batches_tracked buffers with 0 (an "
+                      "unversioned state dict, as PyTorch 0.4.0 saved them; BatchNorm's own loader does the same)")
     spec = get_spec(model_id)
     model = _build_uninitialised(spec)
     model_dtypes = {k: v.dtype for k, v in model.state_dict().items()}
     wrong = [f"{show_key(k)} is {v.dtype} where the model has {model_dtypes[k]}"
-             for k, v in contents.state_dict.items() if _dtype_kind(v.dtype) != _dtype_kind(model_dtypes[k])]
+             for k, v in state_dict.items() if _dtype_kind(v.dtype) != _dtype_kind(model_dtypes[k])]
     if wrong:
         raise CheckpointError(f"the checkpoint matches {model_id} by shape but {len(wrong)} tensors have the wrong "
                               f"kind of dtype: {_truncated(wrong, 5)}. Nothing was loaded. " + _REDOWNLOAD_ADVICE)
-    nonfinite = nonfinite_keys(contents.state_dict)  # shapes match the model here, so this is bounded
+    nonfinite = nonfinite_keys(state_dict)  # shapes match the model here, so this is bounded
     if nonfinite and not allow_nonfinite:
         raise CheckpointError(f"{len(nonfinite)} tensors of the checkpoint hold NaN or inf: "
                               f"{_truncated(map(show_key, nonfinite), 5)}. Every prediction would be NaN or "
@@ -403,13 +432,13 @@ def load_checkpoint(path_or_state_dict, model_id: str | None = None, *, map_loca
                               "allow_nonfinite=True / --allow-nonfinite to load it anyway; it is then reported in "
                               "info.nonfinite_keys).")
     try:
-        model.load_state_dict(contents.state_dict, strict=True)
+        model.load_state_dict(state_dict, strict=True)
     except RuntimeError as e:
         raise CheckpointError(f"strict loading into {model_id} failed: {e}") from None
     model = model.to("cpu").eval()
     info = CheckpointInfo(
         model_id=model_id, family=spec.family, variant=spec.variant, epoch=contents.epoch, sha256=contents.sha256,
-        format=contents.format, remaps=contents.remaps,
+        format=contents.format, remaps=remaps,
         num_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
         num_params_incl_buffers=sum(t.numel() for t in model.state_dict().values()),
         path=contents.path, zip_root=contents.zip_root, is_random_demo=contents.is_random_demo,
@@ -420,9 +449,18 @@ def load_checkpoint(path_or_state_dict, model_id: str | None = None, *, map_loca
 # --------------------------------------------------------------------------------------------------
 # `python -m helpers inspect PATH [--model-id ID]`
 # --------------------------------------------------------------------------------------------------
+INSPECT_EPILOG = """exit status: 0 loads strictly; 1 read OK but no known model matches (or it holds NaN/inf);
+3 refused to read (not a checkpoint, truncated, corrupt, or unsafe to unpickle); 2 bad arguments."""
+
+
+def _one_line(error: Exception) -> tuple[str, list[str]]:
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    return (lines[0] if lines else type(error).__name__), lines[1:]
+
+
 def inspect_main(argv: list[str] | None = None) -> int:
     load_model_files(argv)
-    parser = argparse.ArgumentParser(prog="python -m helpers inspect",
+    parser = argparse.ArgumentParser(prog="python -m helpers inspect", epilog=INSPECT_EPILOG,
                                      description="Inspect a checkpoint: format, model, epoch, params, sha256, keys.")
     parser.add_argument("path", help="checkpoint file, extracted torch-zip folder, or tar")
     parser.add_argument("--model-file", action="append", default=[], metavar="FILE", help=MODEL_FILE_HELP)
@@ -439,15 +477,34 @@ def inspect_main(argv: list[str] | None = None) -> int:
     if path.exists():
         print(f"content:   {sniff_format(path)}")
     try:
-        _, info = load_checkpoint(path, args.model_id, allow_nonfinite=args.allow_nonfinite)
+        contents = read_state_dict(path)
     except CheckpointError as e:
-        print(f"PROBLEM:   {e}")
+        reason, details = _one_line(e)
+        print(f"refused to read: {reason}")
+        for line in details:
+            print(f"  {line}")
+        return 3
+    print(f"format:    {contents.format}" + (f" (root folder {contents.zip_root}/)" if contents.zip_root else "")
+          + f"; {len(contents.state_dict)} tensors")
+    print(f"epoch:     {contents.epoch if contents.epoch is not None else 'not stored'}")
+    print(f"sha256:    {contents.sha256}")
+    try:
+        _, info = load_contents(contents, args.model_id, allow_nonfinite=args.allow_nonfinite)
+    except CheckpointError as e:
+        detection = detect_model(contents.state_dict, versioned=contents.versioned)
+        closest = detection.model_id or detection.best.model_id
+        if detection.model_id is not None and args.model_id in (None, detection.model_id):
+            verdict = f"it matches {closest} but does not load"  # dtypes or NaN/inf
+        elif args.model_id is not None:
+            verdict = f"it does not match {args.model_id} (closest: {closest})"
+        else:
+            verdict = f"no known model matches (closest: {closest})"
+        print(f"read OK: {len(contents.state_dict)} tensors; {verdict}")
+        print(str(e))
         return 1
-    print(f"format:    {info.format}" + (f" (root folder {info.zip_root}/)" if info.zip_root else ""))
+    print(f"read OK: {len(contents.state_dict)} tensors; they load strictly into {info.model_id}")
     print(f"model:     {info.model_id} (family {info.family}, variant {info.variant})")
-    print(f"epoch:     {info.epoch if info.epoch is not None else 'not stored'}")
     print(f"params:    {info.num_params:,} trainable; {info.num_params_incl_buffers:,} incl. buffers")
-    print(f"sha256:    {info.sha256}")
     print(f"remaps:    {'; '.join(info.remaps) if info.remaps else 'none'}")
     if info.is_random_demo:
         print("WEIGHTS:   random demo weights (helpers.demo_checkpoints), not trained")

@@ -21,12 +21,12 @@ import re
 import stat
 import tarfile
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Mapping
 
-from .safe_pickle import (_REDOWNLOAD_ADVICE, MAX_PICKLE_BYTES, CheckpointError, _short, _torch_load_safely,
-                          _unpickle_restricted, show_key)
+from .safe_pickle import (_REDOWNLOAD_ADVICE, MAX_PICKLE_BYTES, CheckpointError, NoFileno, PickleScan, StorageDecl,
+                          _short, load_plain, load_with_torch, scan_pickle, show_key)
 
 _SHA_CHUNK = 1 << 20  # 1 MB
 _MIN_SIZE_FRACTION = 0.5  # a file under half the released file's approximate size is truncated
@@ -171,16 +171,12 @@ def _open_zip(source, where: str) -> zipfile.ZipFile:
                               + _REDOWNLOAD_ADVICE) from None
 
 
-def _read_zip_member(zf: zipfile.ZipFile, name: str, where: str, *, expected: int | None = None,
-                     limit: int | None = None) -> bytes:
-    """One member's bytes, its declared size checked BEFORE inflating (`expected` exact, or at most `limit`)."""
+def _read_zip_member(zf: zipfile.ZipFile, name: str, where: str, *, limit: int | None = None) -> bytes:
+    """One member's bytes, its declared size checked against `limit` BEFORE inflating."""
     try:
         info = zf.getinfo(name)
     except KeyError:
         raise CheckpointError(f"{where} lacks {name}: the file is incomplete. " + _REDOWNLOAD_ADVICE) from None
-    if expected is not None and info.file_size != expected:
-        raise CheckpointError(f"{where}: {name} holds {info.file_size} bytes, expected {expected}: the file is "
-                              "truncated or corrupt. " + _REDOWNLOAD_ADVICE)
     if limit is not None and info.file_size > limit:
         raise CheckpointError(f"{where}: {name} declares {info.file_size:,} bytes, over the {limit:,}-byte limit for "
                               "it; refused without inflating it. This is not a checkpoint.")
@@ -190,23 +186,6 @@ def _read_zip_member(zf: zipfile.ZipFile, name: str, where: str, *, expected: in
         # RuntimeError: encrypted member; NotImplementedError: unknown compression method
         raise CheckpointError(f"{where}: cannot read {name} ({type(e).__name__}: {_short(str(e), 160)}). "
                               + _REDOWNLOAD_ADVICE) from None
-
-
-def _read_zip_restricted(source, zip_root: str, where: str, pickle_bytes: bytes):
-    with _open_zip(source, where) as zf:
-        def read_record(key: str, nbytes: int) -> bytes:
-            return _read_zip_member(zf, f"{zip_root}/data/{key}", where, expected=nbytes)
-
-        return _unpickle_restricted(pickle_bytes, read_record, where)
-
-
-def _load_torch_zip(source, map_location, where: str, zip_root: str):
-    """A torch zip that `check_torch_zip` passed: its data.pkl read size-checked for the pre-scan, then
-    `_torch_load_safely`, with our own restricted unpickler as the fallback."""
-    with _open_zip(source, where) as zf:
-        pickle_bytes = _read_zip_member(zf, f"{zip_root}/data.pkl", where, limit=MAX_PICKLE_BYTES)
-    return _torch_load_safely(source, map_location, where, zip_pickle=pickle_bytes,
-                              restricted=lambda: _read_zip_restricted(source, zip_root, where, pickle_bytes))
 
 
 def _is_unsafe_member(name: str) -> bool:
@@ -223,12 +202,32 @@ def _check_inflation(declared: int, stored: int, where: str, what: str) -> None:
             "compress).")
 
 
-def check_torch_zip(source, where: str) -> str:
-    """Validate a torch zip's directory and return its root folder (e.g. 'snapshot_83.pth', 'archive').
+def _record_size_problem(key: str, size: int, decl: StorageDecl, where: str) -> CheckpointError:
+    return CheckpointError(f"{where}: storage data/{key} holds {size:,} bytes, but its pickle declares "
+                           f"{decl.numel:,} {decl.type_name} elements ({decl.nbytes:,} bytes): the checkpoint is "
+                           "truncated or corrupt. " + _REDOWNLOAD_ADVICE)
 
-    Refuses unsafe, duplicate or link members, encrypted members, bombs, TorchScript archives and other zips."""
+
+def check_torch_zip(source, where: str) -> tuple[str, PickleScan]:
+    """Validate a torch zip: its directory (refusing unsafe, duplicate or link members, encrypted members, bombs,
+    TorchScript archives and other zips), its data.pkl (`scan_pickle`) and the size of every storage record the
+    pickle declares. Returns the root folder (e.g. 'snapshot_83.pth', 'archive') and the scan."""
     with _open_zip(source, where) as zf:
         infos = zf.infolist()
+        root = _check_zip_directory(infos, where)
+        scan = scan_pickle(_read_zip_member(zf, f"{root}/data.pkl", where, limit=MAX_PICKLE_BYTES), where)
+        sizes = {i.filename: i.file_size for i in infos}
+        for key, decl in scan.storages.items():
+            size = sizes.get(f"{root}/data/{key}")
+            if size is None:
+                raise CheckpointError(f"{where} lacks data/{key}, a storage its pickle declares: the file is "
+                                      "incomplete. " + _REDOWNLOAD_ADVICE)
+            if size != decl.nbytes:
+                raise _record_size_problem(key, size, decl, where)
+    return root, scan
+
+
+def _check_zip_directory(infos: list[zipfile.ZipInfo], where: str) -> str:
     names = [i.filename for i in infos]
     if len(names) > MAX_ARCHIVE_MEMBERS:
         raise CheckpointError(f"{where} is a zip with {len(names):,} members (over {MAX_ARCHIVE_MEMBERS:,}); "
@@ -270,6 +269,108 @@ def check_torch_zip(source, where: str) -> str:
     return root
 
 
+def _zip_in_memory(root: str, pickle_bytes: bytes, records: Mapping[str, Any],
+                   extras: Mapping[str, bytes]) -> io.BytesIO:
+    """A torch zip built in memory from the parts of an extracted folder (Kaggle unpacks `X.tar` into
+    `X/snapshot_N.pth/`), so that `torch.load` reads it like the zip it was. `records`: key -> a callable
+    returning the record's bytes (read one at a time)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+        zf.writestr(f"{root}/data.pkl", pickle_bytes)
+        for name, data in extras.items():
+            zf.writestr(f"{root}/{name}", data)
+        for key, read in records.items():
+            zf.writestr(f"{root}/data/{key}", read())
+    buffer.seek(0)
+    return buffer
+
+
+# --------------------------------------------------------------------------------------------------
+# Legacy (pre-1.6) torch files: five pickles, then every storage's element count and bytes
+# --------------------------------------------------------------------------------------------------
+_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+_LEGACY_PROTOCOL = 1001
+
+
+class _BoundedReader:
+    """Reads from a binary file, refusing to go more than `limit` bytes past where it started (a pickle scan of a
+    hostile legacy file never runs through gigabytes)."""
+
+    def __init__(self, f, limit: int, where: str):
+        self._f, self._end, self._where = f, f.tell() + limit, where
+
+    def _check(self, data: bytes) -> bytes:
+        if self._f.tell() > self._end:
+            raise CheckpointError(f"{self._where}: a pickle longer than {MAX_PICKLE_BYTES:,} bytes; a checkpoint's "
+                                  "is well under 1 MB. This is not a checkpoint.")
+        return data
+
+    def _room(self, n: int) -> int:
+        room = max(0, self._end - self._f.tell() + 1)  # one byte past the end: enough to notice it
+        return room if n < 0 else min(n, room)
+
+    def read(self, n: int = -1) -> bytes:
+        return self._check(self._f.read(self._room(n)))
+
+    def readline(self, n: int = -1) -> bytes:
+        return self._check(self._f.readline(self._room(n)))
+
+    def tell(self) -> int:
+        return self._f.tell()
+
+
+def _next_pickle(f, where: str) -> tuple[PickleScan, bytes]:
+    """Scan the pickle at the file's position (at most MAX_PICKLE_BYTES); returns the scan and its bytes."""
+    start = f.tell()
+    scan = scan_pickle(_BoundedReader(f, MAX_PICKLE_BYTES, where), where)
+    end = f.tell()
+    f.seek(start)
+    return scan, f.read(end - start)
+
+
+def check_legacy_file(f, size: int, where: str) -> PickleScan:
+    """Validate a legacy torch file (a binary file; `size` its length) as thoroughly as a zip: the magic-number,
+    protocol and system-info pickles; the object pickle (`scan_pickle`); the storage-key list (exactly the
+    storages the object declares); then, for each key in order, its 8-byte element count (which must equal the
+    declared one) and its bytes, all inside the file. A truncated file fails here, before anything is read."""
+    f.seek(0)
+    magic, protocol, sys_info = (load_plain(_next_pickle(f, where)[1], where) for _ in range(3))
+    if magic != _LEGACY_MAGIC or protocol != _LEGACY_PROTOCOL:
+        raise CheckpointError(f"{where} starts like a pickle but is not a torch checkpoint (magic number or protocol "
+                              "version is wrong). " + _REDOWNLOAD_ADVICE)
+    if not isinstance(sys_info, dict) or not isinstance(sys_info.get("little_endian"), bool):
+        raise CheckpointError(f"{where} is malformed: its system-info record is not what torch.save writes. "
+                              + _REDOWNLOAD_ADVICE)
+    byteorder = "little" if sys_info["little_endian"] else "big"
+    scan, _ = _next_pickle(f, where)
+    keys = load_plain(_next_pickle(f, where)[1], where)
+    if not (isinstance(keys, list) and all(isinstance(k, str) for k in keys) and len(set(keys)) == len(keys)
+            and set(keys) == set(scan.storages)):
+        raise CheckpointError(f"{where} is malformed: its list of storages does not match the storages its pickle "
+                              "declares. " + _REDOWNLOAD_ADVICE)
+    for key in keys:
+        decl = scan.storages[key]
+        count = f.read(8)
+        if len(count) < 8 or f.tell() + decl.nbytes > size:
+            raise CheckpointError(f"{where} is truncated: storage {key} ({decl.numel:,} {decl.type_name} elements) "
+                                  f"ends past the end of the file ({size:,} bytes). " + _REDOWNLOAD_ADVICE)
+        stored = int.from_bytes(count, byteorder, signed=True)
+        if stored != decl.numel:
+            raise CheckpointError(f"{where}: storage {key} holds {stored:,} elements, but its pickle declares "
+                                  f"{decl.numel:,}: the checkpoint is corrupt. " + _REDOWNLOAD_ADVICE)
+        f.seek(decl.nbytes, os.SEEK_CUR)
+    return scan
+
+
+def _check_legacy_path(path: Path, size: int, where: str) -> PickleScan:
+    with open(path, "rb") as f:
+        return check_legacy_file(f, size, where)
+
+
+def _load_legacy(f, where: str, map_location):
+    return load_with_torch(NoFileno(f), where, map_location)
+
+
 # --------------------------------------------------------------------------------------------------
 # Extracted torch-zip folders
 # --------------------------------------------------------------------------------------------------
@@ -284,44 +385,62 @@ def _find_extracted_root(folder: Path) -> Path | None:
     return roots[0] if len(roots) == 1 else None
 
 
-def _folder_file_size(path: Path, where: str, *, expected: int | None = None, limit: int | None = None) -> int:
+def _folder_file_size(path: Path, where: str, *, limit: int | None = None) -> int:
     """The size of a file of an extracted folder, which must be a regular file, not a link (a link could pull any
-    file of this machine into the weights), and hold `expected` bytes exactly or at most `limit`."""
+    file of this machine into the weights), and hold at most `limit` bytes."""
     try:
         mode = path.lstat().st_mode
     except FileNotFoundError:
-        raise CheckpointError(f"{where} lacks {path.name}: the extracted folder is incomplete. "
+        raise CheckpointError(f"{where} lacks {path.parent.name}/{path.name}: the extracted folder is incomplete. "
                               + _REDOWNLOAD_ADVICE) from None
     if stat.S_ISLNK(mode) or not stat.S_ISREG(mode):
         raise CheckpointError(f"{where}: {path.name} is {'a symbolic link' if stat.S_ISLNK(mode) else 'not a file'}; "
                               "an extracted checkpoint holds regular files only. Refused.")
     size = path.stat().st_size
-    if expected is not None and size != expected:
-        raise CheckpointError(f"storage {path.parent.name}/{path.name} holds {size} bytes, expected {expected}: the "
-                              "folder is truncated or corrupt. " + _REDOWNLOAD_ADVICE)
     if limit is not None and size > limit:
         raise CheckpointError(f"{where}: {path.name} has {size:,} bytes, over the {limit:,}-byte limit; refused.")
     return size
 
 
-def _folder_file(path: Path, where: str, *, expected: int | None = None, limit: int | None = None) -> bytes:
+def _folder_file(path: Path, where: str, *, limit: int | None = None) -> bytes:
     """A file of an extracted folder, checked by `_folder_file_size` before it is read."""
-    _folder_file_size(path, where, expected=expected, limit=limit)
+    _folder_file_size(path, where, limit=limit)
     return path.read_bytes()
 
 
-def _read_extracted_folder(folder: Path, where: str):
-    byteorder = folder / "byteorder"
-    if byteorder.exists() or byteorder.is_symlink():
-        order = _folder_file(byteorder, where, limit=16).decode("ascii", "replace").strip()
-        if order not in ("", "little"):
-            raise CheckpointError(f"{where} was saved on a big-endian machine; this loader reads little-endian only")
-    data_dir = folder / "data"
+_FOLDER_EXTRAS = ("version", "byteorder")  # small records torch reads besides data.pkl and data/
 
-    def read_record(key: str, nbytes: int) -> bytes:
-        return _folder_file(data_dir / key, where, expected=nbytes)
 
-    return _unpickle_restricted(_folder_file(folder / "data.pkl", where, limit=MAX_PICKLE_BYTES), read_record, where)
+def _check_folder(root: Path, where: str) -> PickleScan:
+    """data.pkl scanned, and every storage it declares a regular file of exactly its size under data/."""
+    scan = scan_pickle(_folder_file(root / "data.pkl", where, limit=MAX_PICKLE_BYTES), where)
+    for key, decl in scan.storages.items():
+        size = _folder_file_size(root / "data" / key, where)
+        if size != decl.nbytes:
+            raise _record_size_problem(key, size, decl, where)
+    for name in _FOLDER_EXTRAS:
+        if (root / name).exists() or (root / name).is_symlink():
+            _folder_file_size(root / name, where, limit=64)
+    return scan
+
+
+def _load_folder(root: Path, scan: PickleScan, where: str, map_location):
+    pickle_bytes = _folder_file(root / "data.pkl", where, limit=MAX_PICKLE_BYTES)
+    if scan_pickle(pickle_bytes, where).storages != scan.storages:  # changed since it was checked
+        raise CheckpointError(f"{where} changed while it was read; read it again.")
+    extras = {name: _folder_file(root / name, where, limit=64) for name in _FOLDER_EXTRAS if (root / name).exists()}
+    extras.setdefault("version", b"3\n")
+
+    def record(key: str):
+        def read() -> bytes:
+            data = _folder_file(root / "data" / key, where)
+            if len(data) != scan.storages[key].nbytes:
+                raise _record_size_problem(key, len(data), scan.storages[key], where)
+            return data
+        return read
+
+    buffer = _zip_in_memory(root.name, pickle_bytes, {k: record(k) for k in scan.storages}, extras)
+    return load_with_torch(buffer, where, map_location)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -374,16 +493,22 @@ def open_tar(path: Path, where: str) -> tuple[tarfile.TarFile, list[tarfile.TarI
         raise
 
 
-def _read_tar(path: Path, map_location, where: str) -> tuple[Any, str, str | None]:
-    """Read the one checkpoint inside a tar in memory: (object, inner format, zip root). Archives nested in the
-    tar are not opened (one level only)."""
+@dataclass
+class _TarCheckpoint:
+    """The one checkpoint inside a tar, checked: its format and root, and how `torch.load` reads it."""
+
+    format: str  # "torch-zip", "torch-legacy" or "torch-zip-folder"
+    name: str  # its path inside the tar
+    zip_root: str | None
+    source: Any  # a binary file object torch.load reads
+
+
+def _tar_checkpoint(path: Path, where: str, *, for_reading: bool) -> _TarCheckpoint:
+    """Find and check the one checkpoint inside a tar, in memory. Archives nested in the tar are not opened (one
+    level only). With `for_reading`, an extracted folder is assembled into an in-memory zip for torch.load."""
     tf, members = open_tar(path, where)
 
-    def member_bytes(member: tarfile.TarInfo, inner_where: str, *, expected: int | None = None,
-                     limit: int | None = None) -> bytes:
-        if expected is not None and member.size != expected:
-            raise CheckpointError(f"{inner_where}: {show_key(member.name)} holds {member.size} bytes, expected "
-                                  f"{expected}: the archive is truncated or corrupt. " + _REDOWNLOAD_ADVICE)
+    def member_bytes(member: tarfile.TarInfo, inner_where: str, *, limit: int | None = None) -> bytes:
         if limit is not None and member.size > limit:
             raise CheckpointError(f"{inner_where}: {show_key(member.name)} has {member.size:,} bytes, over the "
                                   f"{limit:,}-byte limit; refused.")
@@ -401,11 +526,7 @@ def _read_tar(path: Path, map_location, where: str) -> tuple[Any, str, str | Non
         for name, member in files.items():
             if any(r == "." or name.startswith(f"{r}/") for r in folder_roots):
                 continue  # part of an extracted folder
-            try:
-                fmt = sniff_bytes(tf.extractfile(member).read(4096))
-            except (tarfile.TarError, OSError, EOFError, ValueError) as e:
-                raise CheckpointError(f"{where} is truncated or corrupt ({_short(str(e), 160)}). "
-                                      + _REDOWNLOAD_ADVICE) from None
+            fmt = sniff_bytes(_member_head(tf, member, where))
             if fmt in ("torch-zip", "torch-legacy"):
                 candidates.append((name, fmt))
             elif fmt == "tar":
@@ -422,22 +543,39 @@ def _read_tar(path: Path, map_location, where: str) -> tuple[Any, str, str | Non
         inner_where = f"{where} > {name}"
         if fmt == "torch-zip-folder":
             prefix = "" if name == "." else f"{name}/"
-
-            def read_record(key: str, nbytes: int) -> bytes:
+            pickle_bytes = member_bytes(files[f"{prefix}data.pkl"], inner_where, limit=MAX_PICKLE_BYTES)
+            scan = scan_pickle(pickle_bytes, inner_where)
+            for key, decl in scan.storages.items():
                 member = files.get(f"{prefix}data/{key}")
                 if member is None:
-                    raise CheckpointError(f"{inner_where} lacks data/{key}: the archive is incomplete. "
-                                          + _REDOWNLOAD_ADVICE)
-                return member_bytes(member, inner_where, expected=nbytes)
-
-            pickle_bytes = member_bytes(files[f"{prefix}data.pkl"], inner_where, limit=MAX_PICKLE_BYTES)
-            obj = _unpickle_restricted(pickle_bytes, read_record, inner_where)
-            return obj, fmt, PurePosixPath(name).name if name != "." else None
+                    raise CheckpointError(f"{inner_where} lacks data/{key}, a storage its pickle declares: the "
+                                          "archive is incomplete. " + _REDOWNLOAD_ADVICE)
+                if member.size != decl.nbytes:
+                    raise _record_size_problem(key, member.size, decl, inner_where)
+            root = PurePosixPath(name).name if name != "." else "archive"
+            source = None
+            if for_reading:
+                extras = {n: member_bytes(files[f"{prefix}{n}"], inner_where, limit=64)
+                          for n in _FOLDER_EXTRAS if f"{prefix}{n}" in files}
+                extras.setdefault("version", b"3\n")
+                records = {k: (lambda m=files[f"{prefix}data/{k}"]: member_bytes(m, inner_where))
+                           for k in scan.storages}
+                source = _zip_in_memory(root, pickle_bytes, records, extras)
+            return _TarCheckpoint(fmt, name, root if name != "." else None, source)
         buffer = io.BytesIO(member_bytes(files[name], inner_where))
     if fmt == "torch-zip":
-        root = check_torch_zip(buffer, inner_where)
-        return _load_torch_zip(buffer, map_location, inner_where, root), fmt, root
-    return _torch_load_safely(buffer, map_location, inner_where), fmt, None
+        root, _ = check_torch_zip(buffer, inner_where)
+        return _TarCheckpoint(fmt, name, root, buffer)
+    check_legacy_file(buffer, len(buffer.getbuffer()), inner_where)
+    return _TarCheckpoint(fmt, name, None, buffer)
+
+
+def _member_head(tf: tarfile.TarFile, member: tarfile.TarInfo, where: str) -> bytes:
+    try:
+        return tf.extractfile(member).read(4096)
+    except (tarfile.TarError, OSError, EOFError, ValueError) as e:
+        raise CheckpointError(f"{where} is truncated or corrupt ({_short(str(e), 160)}). "
+                              + _REDOWNLOAD_ADVICE) from None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -475,9 +613,11 @@ class FileCheck:
 
     path: Path  # as given
     format: str  # "torch-zip", "tar", "torch-legacy" or "torch-zip-folder"
-    zip_root: str | None  # a torch zip's root folder; a folder's data.pkl folder's name; None for a tar (not read yet)
+    zip_root: str | None  # a torch zip's root folder (inside a tar too); a folder's data.pkl folder's name
     size: int | None  # bytes of the file; None for a folder
     data_root: Path | None = None  # for a folder: the one holding data.pkl (`path` or its only sub-folder)
+    inner_format: str | None = None  # for a tar: the format of the checkpoint inside it
+    scan: PickleScan | None = field(default=None, repr=False, compare=False)  # what the pickle declares
 
     @functools.cached_property
     def sha256(self) -> str:
@@ -494,9 +634,11 @@ def check_checkpoint_file(path: str | os.PathLike, *, expected_size: int | None 
     a regular file) or a regular file, never opened otherwise (a FIFO would block, /dev/zero never ends). A file's
     first bytes must be a torch zip, a tar or a legacy torch file (else `CheckpointFormatError`, which explains
     HTML pages such as Google Drive's quota page); it must hold `expected_size` bytes exactly and at least half of
-    `approx_size_mb` (less is a truncated download); its zip directory (`check_torch_zip`) or tar member headers
-    (`open_tar`) must be sane. Last, `sha256` if given: the file is hashed only then, or when `FileCheck.sha256`
-    is first asked for.
+    `approx_size_mb` (less is a truncated download). Then its structure, whatever the format: the zip directory
+    or tar member headers are sane, every pickle passes `scan_pickle`, and every storage the pickle declares is
+    complete (a zip's or folder's record of exactly its size; a legacy file's element count and bytes, inside the
+    file): a truncated or corrupt file fails here. Last, `sha256` if given: the file is hashed only then, or when
+    `FileCheck.sha256` is first asked for.
     """
     path = Path(path)
     where = str(path)
@@ -510,8 +652,7 @@ def check_checkpoint_file(path: str | os.PathLike, *, expected_size: int | None 
         if root is None:
             raise CheckpointError(f"{where} is a folder without data.pkl: pass a checkpoint file, or the extracted "
                                   "torch-zip folder (e.g. snapshot_83.pth/ holding data.pkl, data/, version).")
-        _folder_file_size(root / "data.pkl", where, limit=MAX_PICKLE_BYTES)
-        check = FileCheck(path, "torch-zip-folder", root.name, None, root)
+        check = FileCheck(path, "torch-zip-folder", root.name, None, root, scan=_check_folder(root, where))
     else:
         check = _check_file(path, where, expected_size, approx_size_mb)
     if sha256 and check.sha256 != sha256.lower():
@@ -535,15 +676,15 @@ def _check_file(path: Path, where: str, expected_size: int | None, approx_size_m
     if approx_size_mb and size < _MIN_SIZE_FRACTION * approx_size_mb * 1e6:
         raise CheckpointError(f"{path} has {size / 1e6:.1f} MB but the released file is about {approx_size_mb} MB: "
                               "the download is truncated. Try again.")
-    root = None
     if fmt == "torch-zip":
-        root = check_torch_zip(path, where)
-    elif fmt == "tar":  # header by header: bombs, links, devices and unsafe names are refused, nothing is extracted
-        tf, _members = open_tar(path, where)
-        tf.close()
-    elif fmt != "torch-legacy":
-        raise format_problem(fmt, head, where)
-    return FileCheck(path, fmt, root, size)
+        root, scan = check_torch_zip(path, where)
+        return FileCheck(path, fmt, root, size, scan=scan)
+    if fmt == "torch-legacy":
+        return FileCheck(path, fmt, None, size, scan=_check_legacy_path(path, size, where))
+    if fmt == "tar":  # header by header: bombs, links, devices and unsafe names are refused, nothing is extracted
+        inner = _tar_checkpoint(path, where, for_reading=False)
+        return FileCheck(path, fmt, inner.zip_root, size, inner_format=inner.format)
+    raise format_problem(fmt, head, where)
 
 
 @dataclass
@@ -558,19 +699,25 @@ class RawCheckpoint:
 
 
 def read_checkpoint(path_or_state_dict, *, map_location="cpu") -> RawCheckpoint:
-    """Read any supported checkpoint safely; no pickled code ever runs. A path gets `check_checkpoint_file` once;
-    the file is hashed once, after it was read."""
+    """Read any supported checkpoint safely; no pickled code ever runs. A path gets `check_checkpoint_file` once
+    (structure and every storage record), then `torch.load(weights_only=True)` reads it: a torch zip by its path,
+    a legacy file through a stream, an extracted folder (or a tar's content) assembled into an in-memory zip. The
+    file is hashed once, after it was read."""
     if isinstance(path_or_state_dict, Mapping):
         return RawCheckpoint(obj=path_or_state_dict, format="state-dict")
     check = check_checkpoint_file(path_or_state_dict)
     where, fmt, root = str(check.path), check.format, check.zip_root
     if fmt == "torch-zip-folder":
-        obj = _read_extracted_folder(check.data_root, where)
+        obj = _load_folder(check.data_root, check.scan, where, map_location)
     elif fmt == "torch-zip":
-        obj = _load_torch_zip(where, map_location, where, root)
+        obj = load_with_torch(where, where, map_location)
     elif fmt == "torch-legacy":
-        obj = _torch_load_safely(where, map_location, where)
-    else:  # "tar"
-        obj, inner, root = _read_tar(check.path, map_location, where)
-        fmt = f"tar>{inner}"
+        with open(check.path, "rb") as f:
+            obj = _load_legacy(f, where, map_location)
+    else:  # "tar": read it again, in memory, and load what is inside
+        inner = _tar_checkpoint(check.path, where, for_reading=True)
+        inner_where = f"{where} > {inner.name}"
+        obj = (_load_legacy(inner.source, inner_where, map_location) if inner.format == "torch-legacy"
+               else load_with_torch(inner.source, inner_where, map_location))
+        fmt = f"tar>{inner.format}"
     return RawCheckpoint(obj, fmt, where, root, check.sha256)

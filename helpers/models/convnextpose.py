@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .common import check_input, soft_argmax_3d
-from .spec import CheckpointSource, Family, ModelSpec, NotebookText, PaperResult
+from .spec import CheckpointRelease, CheckpointSource, Family, ModelSpec, NotebookText, PaperResult
 
 BACKBONE_STRIDE = 32
 
@@ -215,4 +215,6 @@ FAMILY = Family(
                "PyTorch zip archives despite their `.tar` name, and some use legacy head key names (the loader "
                "accepts both).")),
     key_filter=filter_keys, official_keys=official_keys, citation=CITATION,
+    # main/train.py with common/base.py: AdamW, DataParallel; the released files are torch zips named .tar
+    release=CheckpointRelease(optimizer="AdamW", serialization="zip"),
 )

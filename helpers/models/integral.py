@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .resnet import DECONV_FILTERS, ResNetBackbone, ResNetHeatmapPose, deconv_layers, output_shape_of
-from .spec import CheckpointSource, Family, ModelSpec, NotebookText, PaperResult
+from .spec import CheckpointRelease, CheckpointSource, Family, ModelSpec, NotebookText, PaperResult
 
 
 class IntegralDeconvHead(nn.Module):
@@ -125,4 +125,8 @@ FAMILY = Family(
                "ECCV'18 challenge ResNet-152 at 384x288 input, trained on a different split, so its numbers are not "
                "comparable with the paper's Protocol 1/2 figures.")),
     citation=CITATION,
+    # train.py: Adam, MultiStepLR, DataParallelModel; saved with PyTorch 0.4.0 (its README): legacy format, a
+    # state dict without _metadata or BatchNorm num_batches_tracked, plus scheduler state and loss lists
+    release=CheckpointRelease(optimizer="Adam", serialization="legacy", versioned=False,
+                              extras=("scheduler", "train_loss", "valid_loss")),
 )

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from .common import check_input, soft_argmax_3d
-from .spec import Family, ModelSpec, NotebookText, PaperResult
+from .spec import CheckpointRelease, Family, ModelSpec, NotebookText, PaperResult
 
 STEM_CHANNELS = 48
 EMBEDDING_CHANNELS = 2048
@@ -295,4 +295,6 @@ FAMILY = Family(
                "`lpski` is the current repository version (32x32x32 output); `lpski_2021` is the paper-era version "
                "(64x64x64) the published numbers describe.")),
     citation=CITATION,
+    # no official release; its training code is 3DMPPE's (Adam, DataParallel), run with torch >= 1.6: zip format
+    release=CheckpointRelease(optimizer="Adam", serialization="zip"),
 )

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from .resnet import DECONV_FILTERS, ResNetBackbone, ResNetHeatmapPose, deconv_layers
-from .spec import CheckpointSource, Family, ModelSpec, NotebookText, PaperResult
+from .spec import CheckpointRelease, CheckpointSource, Family, ModelSpec, NotebookText, PaperResult
 
 class PoseNetHead(nn.Module):
     def __init__(self, out_channels: int):
@@ -55,7 +55,7 @@ FAMILY = Family(
         paper=PaperResult(p2_mpjpe=53.3, p1_pa_mpjpe=34.0, p2_mpjpe_detected=54.4, p1_pa_mpjpe_detected=35.2,
                           source="3DMPPE PoseNet (Moon et al., ICCV 2019), official README"),
         checkpoints=(CheckpointSource("snapshot_24.pth.tar", drive_folder="1El3qfdtgttO90X25k_680V2UCDv_TPoJ",
-                                      note="one file per protocol inside the Drive folder"),),
+                                      note="one file per protocol inside the Drive folder", one_per_protocol=True),),
     ),),
     notebook=NotebookText(
         file="posenet.ipynb", title="PoseNet (3DMPPE, ICCV 2019) on Human3.6M", default_variant="R50",
@@ -64,4 +64,6 @@ FAMILY = Family(
                "detector boxes and RootNet roots (set `USE_GT_INFO = False` and `BBOX_ROOT` to the released RootNet "
                "output, or to the file rootnet.ipynb writes when run on detector boxes).")),
     citation=CITATION,
+    # the 2019 release (PyTorch 1.1): Adam, DataParallel, the legacy (pre-1.6) serialisation
+    release=CheckpointRelease(optimizer="Adam", serialization="legacy"),
 )

@@ -17,12 +17,12 @@ import sys
 from pathlib import Path
 from typing import Mapping
 
-from .spec import CheckpointSource, Family, ModelSpec, NotebookText, PaperResult
+from .spec import CheckpointRelease, CheckpointSource, Family, ModelSpec, NotebookText, PaperResult
 
-__all__ = ["BUILTIN_FAMILY_MODULES", "FAMILIES", "MODEL_REGISTRY", "CheckpointSource", "Family", "ModelSpec",
-           "NotebookText", "PaperResult", "UnknownModelError", "build_model", "clean_family_keys", "display_name",
-           "family_files", "get_family", "get_spec", "list_models", "load_family_file", "load_model_files",
-           "own_model_ids", "register_family", "resolve_model_id"]
+__all__ = ["BUILTIN_FAMILY_MODULES", "FAMILIES", "MODEL_REGISTRY", "CheckpointRelease", "CheckpointSource", "Family",
+           "ModelSpec", "NotebookText", "PaperResult", "UnknownModelError", "build_model", "clean_family_keys",
+           "display_name", "family_files", "get_family", "get_spec", "list_models", "load_family_file",
+           "load_model_files", "own_model_ids", "register_family", "resolve_model_id"]
 
 BUILTIN_FAMILY_MODULES = ("convnextpose", "posenet", "rootnet", "mobilehumanpose", "integral")
 

@@ -11,7 +11,7 @@ from torch import nn
 from .common import check_input, soft_argmax_2d
 from .posenet import CITATION as CITATION_3DMPPE  # RootNet and PoseNet are one paper
 from .resnet import BACKBONE_CHANNELS, BACKBONE_STRIDE, DECONV_FILTERS, ResNetBackbone, deconv_layers
-from .spec import CheckpointSource, Family, ModelSpec, NotebookText, PaperResult
+from .spec import CheckpointRelease, CheckpointSource, Family, ModelSpec, NotebookText, PaperResult
 
 class RootNetHead(nn.Module):
     """x, y: soft-argmax of `xy_layer` over the heatmap; z = gamma * k, gamma from the pooled C5 feature."""
@@ -63,7 +63,7 @@ FAMILY = Family(
         paper=PaperResult(mrpe={"total": 120.0, "x": 23.3, "y": 23.0, "z": 108.1},
                           source="3DMPPE RootNet (Moon et al., ICCV 2019), Human3.6M Protocol 2"),
         checkpoints=(CheckpointSource("snapshot_19.pth.tar", drive_folder="1oGXqscxZpakld6j4Lj4hEDy8DCnh9cAs",
-                                      note="one file per protocol inside the Drive folder"),),
+                                      note="one file per protocol inside the Drive folder", one_per_protocol=True),),
     ),),
     notebook=NotebookText(
         file="rootnet.ipynb", title="RootNet (3DMPPE, ICCV 2019): root localisation on Human3.6M",
@@ -76,4 +76,6 @@ FAMILY = Family(
                "RootNet runs on a person detector's boxes (`DETECTOR_BOXES`: the official `bbox_human36m_output.json`, "
                "or the boxes of a bbox_root file such as the released one), as the papers' detected setting does.")),
     citation=CITATION_3DMPPE,
+    # the 2019 release (PyTorch 1.1): Adam, DataParallel, the legacy (pre-1.6) serialisation
+    release=CheckpointRelease(optimizer="Adam", serialization="legacy"),
 )

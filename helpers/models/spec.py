@@ -25,6 +25,21 @@ class CheckpointSource:
     approx_size_mb: float | None = None
     sha256: str | None = None
     note: str = ""
+    # The Drive folder holds one file of this name per protocol (PoseNet, RootNet): the folder path or the file
+    # name must say which protocol a file is for (helpers.acquire chooses by PROTOCOL, or asks for CHECKPOINT).
+    one_per_protocol: bool = False
+
+
+@dataclass(frozen=True)
+class CheckpointRelease:
+    """How a family's official training code saves its checkpoints: `torch.save({'epoch', 'network':
+    DataParallel(model).state_dict(), 'optimizer': optimizer.state_dict(), *extras}, path)`, in the release's
+    serialisation. `helpers.demo_checkpoints` writes its random-weight files the same way."""
+
+    optimizer: str = "Adam"  # the torch.optim class the training code uses
+    serialization: str = "zip"  # "zip" (torch >= 1.6) or "legacy" (the pre-1.6 format)
+    versioned: bool = True  # False: a PyTorch 0.4.0 state dict (no `_metadata`, no BatchNorm num_batches_tracked)
+    extras: tuple[str, ...] = ()  # further entries: "scheduler" (its state_dict), "train_loss", "valid_loss"
 
 
 @dataclass(frozen=True)
@@ -145,6 +160,8 @@ class Family:
     # Ours -> the official on-disk layout, without the `module.` prefix; used to write demo checkpoints
     # (spec, state dict) -> state dict. None: the official keys are ours.
     official_keys: Callable[[ModelSpec, Mapping], dict] | None = None
+    # How the official training code saves checkpoints (the default: Adam, zip format, as torch.save writes today).
+    release: CheckpointRelease = CheckpointRelease()
     source: str = ""  # where the family was defined (module name or file path); set on registration
     # The family's paper as one BibTeX entry (author, title, venue, year); consolidation cites it in its
     # tables and writes it to references.bib. Empty: no citation.
