@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 from . import environment
 from .models.checkpoint_file import (DRIVE_QUOTA_PHRASES, CheckpointError, CheckpointFormatError,
                                      check_checkpoint_file, file_sha256, html_page_problem)
-from .models.registry import MODEL_REGISTRY, CheckpointSource, get_spec
+from .models.registry import MODEL_REGISTRY, CheckpointSource, display_name, get_spec
 from .protocol import PROTOCOLS
 
 
@@ -91,7 +91,7 @@ def kaggle_mirror_instructions(file_name: str = "CHECKPOINT.tar", drive_id: str 
      If Kaggle unpacked the file into a folder, that folder loads as well."""
 
 
-_LOCAL_COPY = "set CHECKPOINT (--checkpoint) to a copy you have, or mirror the file to a Kaggle dataset once"
+_LOCAL_COPY = "set CHECKPOINT to a copy you have, or mirror the file to a Kaggle dataset once"
 
 
 def _quota_error(file_name: str, drive_id: str | None, detail: str, folder: bool = False) -> AcquireError:
@@ -120,7 +120,8 @@ def _network_error(what: str, detail: str) -> AcquireError:
 # Verification
 # --------------------------------------------------------------------------------------------------
 def verify_checkpoint_file(path, *, expected_size: int | None = None, sha256: str | None = None,
-                           approx_size_mb: float | None = None, drive_id: str | None = None) -> Path:
+                           approx_size_mb: float | None = None, drive_id: str | None = None,
+                           downloaded: bool = True) -> Path:
     """Check that `path` is a complete checkpoint: not empty, not HTML, its whole structure sound (a zip's, tar's
     or extracted folder's records, a legacy file's pickles and storages: a truncated download of any format fails
     here), right size/sha256.
@@ -135,8 +136,15 @@ def verify_checkpoint_file(path, *, expected_size: int | None = None, sha256: st
             raise AcquireError(f"{path} is empty (0 bytes): the download failed; try again.") from None
         if e.format != "html":
             raise AcquireError(str(e)) from None
-        if any(p in e.head.decode("utf-8", "replace").lower() for p in DRIVE_QUOTA_PHRASES):
+        quota = any(p in e.head.decode("utf-8", "replace").lower() for p in DRIVE_QUOTA_PHRASES)
+        if quota and downloaded:
             raise _quota_error(path.name, drive_id, f"an HTML quota page was served instead of {path.name}") from None
+        if quota:  # a file on disk: nothing was downloaded now, an earlier download saved the page
+            raise AcquireError(
+                f"{path} is a Google Drive quota page (\"Too many users have viewed or downloaded this file "
+                "recently\") that an earlier download saved in place of the checkpoint; nothing was downloaded now. "
+                "Delete it and download the file again once the quota clears (within 24 h), or mirror it to a "
+                "Kaggle dataset.\n" + kaggle_mirror_instructions(path.name, drive_id)) from None
         raise AcquireError(f"{path}: {html_page_problem(e.head)}. Check the link or Drive id (the file must be shared "
                            "publicly), or mirror it to a Kaggle dataset.\n"
                            + kaggle_mirror_instructions(path.name, drive_id)) from None
@@ -182,7 +190,7 @@ def _choose(found: list[tuple[Path, str]], model_id: str | None, protocol: int |
         return found[0][0], None
     listing = "\n  ".join(f"{rel}  (protocol {path_protocol(rel) or '?'})" for _, rel in found)
     what = f"{len(found)} candidate checkpoints" if len(found) > 1 else "one candidate checkpoint"
-    why = (f" {get_spec(model_id).display_name} releases one file of this name per protocol, so the path must "
+    why = (f" {display_name(get_spec(model_id))} releases one file of this name per protocol, so the path must "
            "say which protocol a file is for" if needs else "")
     if protocol is None:
         raise AcquireError(f"{where}: {what}; cannot choose without PROTOCOL.{why}. Set PROTOCOL (1 or 2), or "
@@ -494,8 +502,8 @@ def _search(model_id: str | None, *, search_roots, expected_size: int | None, sh
     names = [s.file_name for s in get_spec(model_id).checkpoints] if model_id else []
     if not (names or expected_size or sha256):
         what = f"{model_id} has no known file name in the registry" if model_id else "no model_id"
-        raise CheckpointNotFound(f"nothing to search for ({what}); set CHECKPOINT (--checkpoint) to the checkpoint's path, "
-                           "URL or Drive id, or pass expected_size / sha256.")
+        raise CheckpointNotFound(f"nothing to search for ({what}); set CHECKPOINT to the checkpoint's path, URL or "
+                                 "Drive id.")
     found: list[tuple[Path, str]] = []
     for root in roots:
         hits = _find_in_tree(root, names) if names else _find_by_content(root, expected_size, sha256)
@@ -506,8 +514,8 @@ def _search(model_id: str | None, *, search_roots, expected_size: int | None, sh
         looked = ", ".join(map(str, roots)) or "no existing search roots (default: /kaggle/input)"
         wanted = ", ".join(names) if names else f"size {expected_size} / sha256 {sha256}"
         src = get_spec(model_id).checkpoints[0] if model_id and names else None
-        hint = (f'\nOr download it: acquire_checkpoint("drive:{src.drive_id}", model_id="{model_id}").'
-                if src is not None and src.drive_id else "")
+        hint = (f'\nOr download it: CHECKPOINT = "drive:{src.drive_id}".' if src is not None and src.drive_id
+                else "")
         raise CheckpointNotFound(f"no checkpoint found for {wanted} under {looked}.{hint}\n"
                            + kaggle_mirror_instructions(names[0] if names else "CHECKPOINT.tar",
                                                         src.drive_id if src else None))
@@ -575,11 +583,11 @@ def acquire(source=None, *, model_id: str | None = None, cache_dir=None, search_
         if path.is_dir() and not (path / "data.pkl").is_file():
             nested = [d for d in path.iterdir() if d.is_dir() and (d / "data.pkl").is_file()]
             if len(nested) == 1:
-                return Acquired(verify_checkpoint_file(nested[0], sha256=sha256))
+                return Acquired(verify_checkpoint_file(nested[0], sha256=sha256, downloaded=False))
             chosen, chosen_protocol = _pick_in_folder(path, model_id, protocol)
-            return Acquired(verify_checkpoint_file(chosen, expected_size=expected_size, sha256=sha256),
-                            chosen_protocol)
-        return Acquired(verify_checkpoint_file(path, expected_size=expected_size, sha256=sha256))
+            return Acquired(verify_checkpoint_file(chosen, expected_size=expected_size, sha256=sha256,
+                                                   downloaded=False), chosen_protocol)
+        return Acquired(verify_checkpoint_file(path, expected_size=expected_size, sha256=sha256, downloaded=False))
 
     if kind == "url":
         registry = _registry_source(model_id, url=value)

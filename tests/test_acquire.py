@@ -462,3 +462,16 @@ def test_search_and_folders_choose_by_protocol(tmp_path):
     _tiny_checkpoint(xs / "p1" / "ConvNeXtPose_XS.tar", 1, legacy=False)
     got = acquire(None, model_id="convnextpose_XS", search_roots=[xs], protocol=1)
     assert (got.protocol, _epoch(got.path)) == (1, 1)
+
+
+def test_a_quota_page_on_disk_is_not_called_a_refused_download(tmp_path):
+    """A file given as CHECKPOINT that holds Drive's quota page: nothing was downloaded now, and the message says
+    that an earlier download saved the page (not "Google Drive refused the download")."""
+    page = tmp_path / "snapshot_24.pth.tar"
+    page.write_text("<!DOCTYPE html><html><head><title>Google Drive - Quota exceeded</title></head><body>Too many "
+                    "users have viewed or downloaded this file recently.</body></html>")
+    with pytest.raises(AcquireError) as exc:
+        acquire(str(page), model_id="posenet", cache_dir=tmp_path / "cache")
+    message = str(exc.value)
+    assert "earlier download saved in place of the checkpoint; nothing was downloaded now" in message
+    assert "refused the download" not in message

@@ -678,7 +678,10 @@ def test_nonfinite_weights_are_refused_unless_allowed(network, tmp_path, capsys)
     poisoned[key] = network[key].clone()
     poisoned[key].view(-1)[0] = float("nan")
     poisoned["head.final_layer.bias"] = network["head.final_layer.bias"].clone().fill_(float("inf"))
-    _refused(poisoned, "2 tensors", "NaN or inf", re.escape(key), "allow_nonfinite")
+    _refused(poisoned, "2 tensors", "NaN or inf", re.escape(key))
+    with pytest.raises(CheckpointError) as refused:
+        load_checkpoint(poisoned)
+    assert refused.value.setting == "allow_nonfinite"  # the command words it: --allow-nonfinite
     model, info = load_checkpoint(poisoned, allow_nonfinite=True)
     assert sorted(info.nonfinite_keys) == sorted([key, "head.final_layer.bias"])
     assert info.to_dict()["nonfinite_keys"] == info.nonfinite_keys
@@ -686,7 +689,8 @@ def test_nonfinite_weights_are_refused_unless_allowed(network, tmp_path, capsys)
     path = tmp_path / "poisoned.pth"
     torch.save({"network": poisoned}, path)
     assert cli_main(["inspect", str(path)]) == 1
-    assert "NaN or inf" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "NaN or inf" in out and "pass --allow-nonfinite to inspect it anyway" in out and "=True" not in out
     assert cli_main(["inspect", str(path), "--allow-nonfinite"]) == 0
     out = capsys.readouterr().out
     assert "NON-FINITE: 2 tensors" in out and key in out

@@ -25,6 +25,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
+from ..errors import remedy
 from .checkpoint_file import read_checkpoint, sniff_format
 from .registry import MODEL_FILE_HELP, MODEL_REGISTRY, clean_family_keys, get_spec, load_model_files, own_model_ids
 from .safe_pickle import _REDOWNLOAD_ADVICE, MAX_TENSORS, CheckpointError, _short, show_key
@@ -428,9 +429,7 @@ def load_contents(contents: CheckpointContents, model_id: str | None = None, *, 
     if nonfinite and not allow_nonfinite:
         raise CheckpointError(f"{len(nonfinite)} tensors of the checkpoint hold NaN or inf: "
                               f"{_truncated(map(show_key, nonfinite), 5)}. Every prediction would be NaN or "
-                              "garbage, so nothing was loaded. Use an intact checkpoint (or pass "
-                              "allow_nonfinite=True / --allow-nonfinite to load it anyway; it is then reported in "
-                              "info.nonfinite_keys).")
+                              "garbage, so nothing was loaded. Use an intact checkpoint", setting="allow_nonfinite")
     try:
         model.load_state_dict(state_dict, strict=True)
     except RuntimeError as e:
@@ -500,7 +499,7 @@ def inspect_main(argv: list[str] | None = None) -> int:
         else:
             verdict = f"no known model matches (closest: {closest})"
         print(f"read OK: {len(contents.state_dict)} tensors; {verdict}")
-        print(str(e))
+        print(remedy(e, {"allow_nonfinite": "pass --allow-nonfinite to inspect it anyway"}))
         return 1
     print(f"read OK: {len(contents.state_dict)} tensors; they load strictly into {info.model_id}")
     print(f"model:     {info.model_id} (family {info.family}, variant {info.variant})")

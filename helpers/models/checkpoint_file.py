@@ -645,8 +645,8 @@ def check_checkpoint_file(path: str | os.PathLike, *, expected_size: int | None 
     if not path.exists():
         if path.is_symlink():
             raise CheckpointError(f"{where} is a symbolic link to a path that does not exist ({os.readlink(path)}).")
-        raise CheckpointError(f"checkpoint not found: {path}. Check the path, or fetch it with "
-                              "helpers.acquire.acquire_checkpoint (it also searches /kaggle/input).")
+        raise CheckpointError(f"checkpoint not found: {path}. Check the path (a notebook given no checkpoint "
+                              "searches /kaggle/input and the registry's downloads).")
     if path.is_dir():
         root = _find_extracted_root(path)
         if root is None:

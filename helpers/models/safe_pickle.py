@@ -37,13 +37,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import FixableError
 
-class CheckpointError(Exception):
-    """A checkpoint that cannot be read or does not match a model; the message says what to do."""
+
+class CheckpointError(FixableError):
+    """A checkpoint that cannot be read or does not match a model; the message says what to do (a setting that gets
+    past it is named in `setting`: helpers.errors)."""
 
 
 _REDOWNLOAD_ADVICE = (
-    "Re-download it (helpers.acquire.acquire_checkpoint verifies downloads), check the Google Drive id, "
+    "Re-download it (the suite verifies its own downloads), check the Google Drive id, "
     "or mirror the file to a Kaggle dataset once and load it from /kaggle/input."
 )
 
