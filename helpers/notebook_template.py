@@ -185,10 +185,8 @@ results_dir = Path(RESULTS_DIR) if RESULTS_DIR else environment.default_output_d
 consolidated = consolidate(results_dir, OUT_DIR, TableOptions(action_order=ACTION_ORDER, average=AVERAGE))
 for problem in consolidated.problems:
     print(f"problem: {problem}")
-if consolidated.any_random_demo:
-    print("Some results come from RANDOM DEMO WEIGHTS: their numbers are meaningless (marked in every table).")
-if consolidated.any_generated_data:
-    print("Some results were evaluated on GENERATED data, not Human3.6M (marked in every table).")
+if consolidated.banner:
+    print(f"Some results carry: {consolidated.banner} (marked in every table).")
 consolidated.leaderboard'''
 
 SHOW_TABLES = '''\

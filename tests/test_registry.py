@@ -151,7 +151,11 @@ def test_every_spec_declares_what_its_model_produces():
     """The declared heatmap size, depth bins and joints equal what each model's soft-argmax sees."""
     from helpers.models.common import check_declarations
 
+    from helpers.models.registry import own_model_ids
+
     for model_id, spec in MODEL_REGISTRY.items():
+        if model_id in own_model_ids():  # family files other tests loaded (one of them mis-declared on purpose)
+            continue
         model = spec.build() if spec.kind == "root" else None  # RootNet's forward does not run on "meta"
         checked = check_declarations(spec, model)
         assert checked["verified"] and checked["method"] == "soft-argmax", model_id
