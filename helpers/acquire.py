@@ -206,7 +206,7 @@ def _choose(found: list[tuple[Path, str]], model_id: str | None, protocol: int |
         problem = "nothing in their folder paths or file names says which protocol they are for"
     raise AcquireError(f"{where}: {what}, and {problem}.{why} A model trained for the other protocol (protocol 1 "
                        "trains on S9) gives wrong, flattering numbers, so none was taken. Set CHECKPOINT "
-                       f"(--checkpoint) to the protocol-{protocol} file:\n  {listing}")
+                       f"to the protocol-{protocol} file:\n  {listing}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -521,7 +521,7 @@ def _search(model_id: str | None, *, search_roots, expected_size: int | None, sh
                                                         src.drive_id if src else None))
     if len(found) > 1 and not _needs_protocol(model_id) and not any(path_protocol(rel) for _, rel in found):
         listing = "\n  ".join(str(p) for p, _ in found)
-        raise AcquireError("several candidate checkpoints found; set CHECKPOINT (--checkpoint) to the one you want:"
+        raise AcquireError("several candidate checkpoints found; set CHECKPOINT to the one you want:"
                            f"\n  {listing}")
     path, chosen = _choose(found, model_id, protocol, f"under {', '.join(map(str, roots))}")
     return Acquired(verify_checkpoint_file(path, expected_size=expected_size, sha256=sha256), chosen)
@@ -549,7 +549,7 @@ def _pick_in_folder(folder: Path, model_id: str | None, protocol: int | None) ->
         found = sorted(p for p in folder.rglob("*") if p.is_file() and p.name.lower().endswith(_CHECKPOINT_SUFFIXES))
     if not found:
         raise AcquireError(f"no checkpoint in {folder}" + (f" (looked for {', '.join(names)})" if names else "")
-                           + "; set CHECKPOINT (--checkpoint) to the file's path.")
+                           + "; set CHECKPOINT to the file's path.")
     return _choose([(p, p.relative_to(folder).as_posix()) for p in found], model_id, protocol, str(folder))
 
 
@@ -648,7 +648,7 @@ def _acquire_from_drive_folder(folder_id: str, folder: Path, *, model_id: str | 
     if not candidates:
         listing = ", ".join(sorted(by_path)[:10]) or "nothing"
         raise AcquireError(f"the Drive folder {folder_id} holds no checkpoint for {model_id or 'this model'} "
-                           f"(it holds {listing}); set CHECKPOINT (--checkpoint) to the file's path or Drive id.")
+                           f"(it holds {listing}); set CHECKPOINT to the file's path or Drive id.")
     path, chosen = _choose([(folder / rel, rel) for rel in candidates], model_id, protocol,
                            f"the Drive folder {folder_id}")
     rel = path.relative_to(folder).as_posix()
