@@ -159,6 +159,8 @@ def test_batch_decodes_each_image_once_per_crop_rule_and_a_warm_rerun_decodes_no
     assert {"ci95_low", "ci95_high"} <= set(leaderboard.columns) and leaderboard["ci95_low"].notna().all()
     pairwise = pd.read_csv(tmp_path / "cold" / "report" / "pairwise.csv")
     assert len(pairwise) == 1 and pairwise["n_common"].iloc[0] == 4
+    # "significant" between two random networks says nothing about the models: the note says so
+    assert pairwise["note"].iloc[0].startswith("random demo weights: 'significant' only says")
     assert (tmp_path / "cold" / "report" / "pairwise.png").is_file()
     assert "Confidence intervals and paired comparisons" in (tmp_path / "cold" / "report" / "REPORT.md").read_text()
     # Both models crop 256x256 from the same boxes: one rule, so only the first run decodes.

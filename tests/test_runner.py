@@ -123,6 +123,9 @@ def test_demo_run_end_to_end(demo_cache, tmp_path, no_input_roots):
     assert result["crop_check"]["images"] == 6 and result["crop_check"]["skipped"] is None
     assert result["device_check"] is None  # "auto" on a CPU
     assert result["checkpoint"]["sha256"] and result["timing"]["total_s"] > 0
+    # counts are JSON integers, durations floats
+    assert '"images": 6,' in result_path.read_text() and type(result["timing"]["images_decoded"]) is int
+    assert type(result["timing"]["inference_s"]) is float
     for name in ("result", "predictions", "per_action_csv", "per_joint_png", "qualitative_png"):
         assert Path(files.loc[name, "path"]).is_file(), name
     assert (tmp_path / "convnextpose_XS" / "result.json") == result_path
