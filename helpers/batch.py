@@ -34,15 +34,13 @@ import pandas as pd
 
 from .atomic import write_json
 from .environment import BATCH_ENV_VAR  # tells the kernels that nobody can answer widgets
-from .reproduce import OWN_NOTEBOOK_DIR
+from .environment import OWN_NOTEBOOKS_SUBDIR, REPORT_SUBDIR, RUNS_SUBDIR
 from .results import RESULT_FILE
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
 REPO_ROOT = PACKAGE_ROOT.parent
 DEFAULT_NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 CONSOLIDATE_NOTEBOOK = "consolidate.ipynb"
-REPORT_SUBDIR = "report"
-RUNS_SUBDIR = "runs"
 KERNEL_NAME = "python3"
 
 
@@ -372,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
         plan = load_plan(args.plan)
         if args.model_file:
             own = [run for f in args.model_file
-                   for run in family_runs(f, out_dir / OWN_NOTEBOOK_DIR, plan.defaults)]
+                   for run in family_runs(f, out_dir / OWN_NOTEBOOKS_SUBDIR, plan.defaults)]
             files = ", ".join(args.model_file)
             source = files if args.plan is None else f"{plan.source} + {files}"
             plan = Plan(([] if args.plan is None else plan.runs) + own, source, plan.defaults, plan.demo_defaults)

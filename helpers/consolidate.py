@@ -27,11 +27,12 @@ from . import comparisons, report, stats
 from . import tables as paper_tables
 from .atomic import write_json, write_text
 from .comparisons import PAIRWISE_COLUMNS, SNAPSHOT_COLUMNS
+from .environment import REPORT_SUBDIR, RUNS_SUBDIR
 from .models.registry import FAMILIES, MODEL_REGISTRY
 from .protocol import ACTION_NAMES
 from .result_schema import validate_result
 
-SKIPPED_SUBDIRS = ("report", "runs")
+SKIPPED_SUBDIRS = (REPORT_SUBDIR, RUNS_SUBDIR)
 DEMO_TAG = " [random demo]"
 GENERATED_TAG = " [generated data]"
 PARTIAL_TAG = " [partial]"
@@ -187,9 +188,8 @@ def display_name(result: dict, fallback: str) -> str:
 
 def weights_label(result: dict) -> str:
     """The weights' kind ("released", "given", "random_demo"), with the checkpoint's short hash where known."""
-    weights = result.get("weights") or {}
-    kind = {"unknown": "given"}.get(weights.get("kind"), weights.get("kind", "unknown"))
-    sha = weights.get("sha256") or (result.get("checkpoint") or {}).get("sha256")
+    kind = report.provenance(result).weights
+    sha = (result.get("weights") or {}).get("sha256") or (result.get("checkpoint") or {}).get("sha256")
     return f"{kind} ({sha[:12]})" if sha and kind != "random_demo" else kind
 
 

@@ -61,6 +61,13 @@ def default_input_roots(kaggle_root: Path = KAGGLE_ROOT, repo_root: Path = REPO_
     return [candidate] if candidate.is_dir() else []
 
 
+# The folders of an output folder besides one per model: the batch's executed notebooks (and under them the
+# notebooks `batch --model-file` writes for family files), and the consolidated report.
+RUNS_SUBDIR = "runs"
+OWN_NOTEBOOKS_SUBDIR = f"{RUNS_SUBDIR}/notebooks"
+REPORT_SUBDIR = "report"
+
+
 def default_output_dir(kaggle_root: Path = KAGGLE_ROOT, repo_root: Path = REPO_ROOT) -> Path:
     """`/kaggle/working/outputs` on Kaggle (kept after the session), else `<repo>/outputs`. Not created here."""
     return Path(kaggle_root) / "working" / "outputs" if is_kaggle() else Path(repo_root) / "outputs"

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .atomic import write_json
+from .environment import RUNS_SUBDIR
 from .consolidate import FILE_NAMES as REPORT_FILE_NAMES
 from .consolidate import SNAPSHOT_FILE_NAMES
 from .report import MODEL_PLOT_FILE_NAMES, markers
@@ -232,7 +233,7 @@ def stage(results_dir, stage_dir, runs_dir=None, *, owner=None, slug=None, title
     """
     results_dir = Path(results_dir).resolve()
     stage_dir = Path(stage_dir).resolve()
-    runs_dir = Path(runs_dir).resolve() if runs_dir is not None else results_dir / "runs"
+    runs_dir = Path(runs_dir).resolve() if runs_dir is not None else results_dir / RUNS_SUBDIR
     if not results_dir.is_dir():
         raise PublishError(f"results folder {results_dir} does not exist; run the notebooks or helpers.batch first")
     if results_dir == stage_dir or stage_dir in results_dir.parents or results_dir in stage_dir.parents:
@@ -249,7 +250,7 @@ def stage(results_dir, stage_dir, runs_dir=None, *, owner=None, slug=None, title
     sources: list[tuple[Path, Path]] = [(p, Path("results") / p.relative_to(results_dir))
                                         for p in _walk(results_dir)]
     if runs_dir.is_dir() and runs_dir != results_dir and results_dir not in runs_dir.parents:
-        sources += [(p, Path("runs") / p.relative_to(runs_dir)) for p in _walk(runs_dir)]
+        sources += [(p, Path(RUNS_SUBDIR) / p.relative_to(runs_dir)) for p in _walk(runs_dir)]
     staged = Staged(stage_dir=stage_dir, metadata=metadata)
     stage_dir.parent.mkdir(parents=True, exist_ok=True)
     build_dir = Path(tempfile.mkdtemp(prefix=f".{stage_dir.name}.", dir=stage_dir.parent))

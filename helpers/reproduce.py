@@ -18,10 +18,10 @@ from pathlib import Path
 
 from . import report
 from .atomic import write_text
+from .environment import OWN_NOTEBOOKS_SUBDIR, RUNS_SUBDIR
 
 CARD_FILE = "REPRODUCE.md"
 NOTEBOOK_DIR = "notebooks"  # the built-in notebooks, relative to the repository root
-OWN_NOTEBOOK_DIR = "runs/notebooks"  # under OUTPUT_DIR: where `batch --model-file` writes a family file's notebook
 REPO_ROOT = Path(__file__).resolve().parent.parent
 KERNEL = "python3"
 
@@ -42,7 +42,7 @@ def family_notebook(family_name: str, output_root: str | Path) -> str:
     family = get_family(family_name)
     if family.source.startswith("helpers.models."):
         return f"{NOTEBOOK_DIR}/{family.notebook.file}"
-    return str(Path(output_root) / OWN_NOTEBOOK_DIR / family.notebook.file)
+    return str(Path(output_root) / OWN_NOTEBOOKS_SUBDIR / family.notebook.file)
 
 
 def _literal(value) -> str:
@@ -58,7 +58,7 @@ def papermill_lines(parameters: dict, model_id: str) -> list[str]:
     """Shell lines that repeat a notebook run: make the folder for the executed notebook, then papermill with
     every recorded parameter (strings raw with `-r`, so "2" or "None" stay strings; the rest with `-p`)."""
     values = parameters["values"]
-    runs = Path(values["OUTPUT_DIR"]) / "runs"
+    runs = Path(values["OUTPUT_DIR"]) / RUNS_SUBDIR
     executed = runs / f"{model_id}.reproduce.ipynb"
     pairs = []
     for name, value in values.items():
@@ -232,9 +232,10 @@ def _repeat(result: dict, result_path: Path) -> list[str]:
                          "any model notebook runs it with these parameters.")
         checkpoint = result.get("checkpoint") or {}
         if values.get("DEMO") is True:
-            lines.append(f"- Demo mode: the generated data and the random weights are made again from SEED "
-                         f"{values.get('SEED')} under CACHE_DIR when they are not there.")
-        elif checkpoint.get("sha256"):
+            made_again = "the generated data" + ("" if values.get("CHECKPOINT") else " and the random weights")
+            lines.append(f"- Demo mode: {made_again} are made again from SEED {values.get('SEED')} under CACHE_DIR "
+                         "when they are not there.")
+        if values.get("CHECKPOINT") and checkpoint.get("sha256"):
             lines.append(f"- The checkpoint must be the same file: `sha256sum` must print `{checkpoint['sha256']}`.")
         if result.get("snapshot"):
             lines.append("- This result is one snapshot of a sweep: the command evaluates every snapshot CHECKPOINT "

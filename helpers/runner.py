@@ -38,7 +38,7 @@ from . import environment as env
 from .display import show
 from .errors import remedy
 from .h36m import GENERATED_MARKER_FILE, DataError, find_ids, find_real_annotations, generated_marker
-from .results import BBOX_ROOT_FILE, RESULT_FILE
+from .results import BBOX_ROOT_FILE, RESULT_FILE, generated_data_evidence
 
 DEMO_FRAMES = 1  # sampled frames per demo sequence: 239 test samples, small enough for a CPU
 RANDOM_WEIGHTS_BANNER = ("RANDOM DEMO WEIGHTS: every number this run produces is meaningless; it only shows that the "
@@ -622,8 +622,8 @@ class Run:
         table = load_bbox_root(written)
         result_file = self.files["result"]
         boxes = {k: v for k, v in self.test_set.sources["boxes"].items() if k not in ("label", "rule")}
-        roots = {"source": "rootnet_run", "result_id": box_sources.bytes_sha256(Path(result_file).read_bytes())[:16], "result_file": str(result_file),
-                 "created_utc": self.result["created_utc"], "model_id": self.model_id,
+        roots = {"source": "rootnet_run", "result_id": box_sources.bytes_sha256(Path(result_file).read_bytes())[:16],
+                 "result_file": str(result_file), "created_utc": self.result["created_utc"], "model_id": self.model_id,
                  "checkpoint_sha256": self.checkpoint_info.get("sha256"), "checkpoint": str(self.checkpoint_path),
                  "weights": self.weights_kind, "protocol": self.params.protocol,
                  "precision": self.inference["settings"]["precision"], "samples": len(table),
@@ -939,8 +939,7 @@ def prepare(params: RunParams):
     if spec.protocol_note:
         notes.append(spec.protocol_note)
     if test_set.generated and not data.generated:  # the annotation files say so, wherever they were copied to
-        data = dataclasses.replace(data, generated=True,
-                                   evidence=f"the annotation files' info.generated_by = {test_set.generated_by!r}")
+        data = dataclasses.replace(data, generated=True, evidence=generated_data_evidence(test_set))
     if data.generated:
         notes.append(f"{data.describe()}: the numbers are not Human3.6M results")
     check = test_set.sources.get("protocol_check") or {}

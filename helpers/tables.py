@@ -46,7 +46,7 @@ FLAGS = {
     "random_weights": (r"\dagger", "†", "random-initialised demo weights: the numbers say nothing about the model"),
     "generated_data": (r"\ddagger", "‡", "generated demo data (synthetic people), not Human3.6M recordings"),
     "partial": (r"\S", "§", "partial run: only part of the test set was evaluated"),
-    "reduced_precision": (r"\P", "¶", "fp16/bf16 inference, not the official fp32"),
+    "reduced_precision": (r"\P", "¶", "tf32/fp16/bf16 inference, not the official strict fp32"),
 }
 UNRANKED_FLAGS = ("random_weights", "generated_data", "partial")
 RANKING_RULE = ("Bold: the lowest error of each column, underlined: the second lowest, among full runs of real "

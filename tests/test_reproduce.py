@@ -114,3 +114,15 @@ def test_an_invalid_result_writes_no_card(tmp_path):
     with pytest.raises(ValueError):
         write_result(tmp_path / "result.json", result)
     assert not (tmp_path / "REPRODUCE.md").exists() and not (tmp_path / "result.json").exists()
+
+
+def test_demo_data_with_a_given_checkpoint_asks_for_that_checkpoint_not_for_random_weights(tmp_path):
+    """Your own weights smoke-tested on the generated data: the card repeats the generated data from SEED and asks
+    for the same checkpoint file; only random demo weights are 'made again'."""
+    given = reproduce.render_card(_notebook_result(tmp_path, DEMO=True), tmp_path / "result.json")
+    assert "the generated data are made again from SEED 0" in given and "random weights" not in given
+    assert "sha256sum" in given
+    demo = _notebook_result(tmp_path, DEMO=True)
+    del demo["parameters"]["values"]["CHECKPOINT"]
+    card = reproduce.render_card(demo, tmp_path / "result.json")
+    assert "the generated data and the random weights are made again" in card and "sha256sum" not in card

@@ -616,7 +616,6 @@ class FileCheck:
     zip_root: str | None  # a torch zip's root folder (inside a tar too); a folder's data.pkl folder's name
     size: int | None  # bytes of the file; None for a folder
     data_root: Path | None = None  # for a folder: the one holding data.pkl (`path` or its only sub-folder)
-    inner_format: str | None = None  # for a tar: the format of the checkpoint inside it
     scan: PickleScan | None = field(default=None, repr=False, compare=False)  # what the pickle declares
 
     @functools.cached_property
@@ -683,7 +682,7 @@ def _check_file(path: Path, where: str, expected_size: int | None, approx_size_m
         return FileCheck(path, fmt, None, size, scan=_check_legacy_path(path, size, where))
     if fmt == "tar":  # header by header: bombs, links, devices and unsafe names are refused, nothing is extracted
         inner = _tar_checkpoint(path, where, for_reading=False)
-        return FileCheck(path, fmt, inner.zip_root, size, inner_format=inner.format)
+        return FileCheck(path, fmt, inner.zip_root, size)
     raise format_problem(fmt, head, where)
 
 
